@@ -1,0 +1,1247 @@
+//! The HTTP side: one listener per datacenter, Consul's endpoints with its
+//! parameters, headers, status codes and error texts (reference §1–§5), and
+//! the `/_sim/` control API for fault injection.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::header::{HeaderName, HeaderValue};
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::duration::parse_go_duration;
+use crate::model::{
+    CRITICAL, CheckServiceNode, Coordinate, DeregisterRequest, PASSING, PreparedQuery,
+    RegisterRequest, ServiceNode, StringMap, WARNING,
+};
+use crate::query::{self, is_uuid};
+use crate::sim::{
+    CONSUL_VERSION, Datacenter, ERR_NO_LEADER, ExecuteOptions, Inner, RouteError, Sim, Topic,
+    default_fault_body, sort_by_distance, unix_ms,
+};
+use crate::store::Store;
+
+/// `default_query_time`: the blocking wait when none (or ≤ 0) is given.
+pub const DEFAULT_QUERY_TIME: Duration = Duration::from_secs(300);
+/// `max_query_time`: longer waits are clamped to this.
+pub const MAX_QUERY_TIME: Duration = Duration::from_secs(600);
+/// `JitterFraction`: up to wait/16 is added to every blocking wait.
+pub const JITTER_FRACTION: u32 = 16;
+/// Largest request body accepted.
+const MAX_BODY: usize = 16 << 20;
+
+//------------ Serving --------------------------------------------------------
+
+/// Accepts connections on `listener` for datacenter `dc` until `stop`
+/// fires (or the simulator is dropped); then drops every open connection.
+///
+/// The future is boxed: `/_sim/` requests served by it can start
+/// listeners, which spawn `serve`, and the box breaks that type cycle.
+pub(crate) fn serve(
+    listener: TcpListener,
+    sim: Weak<Inner>,
+    dc: String,
+    mut stop: watch::Receiver<bool>,
+) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    Box::pin(async move {
+        let mut connections = JoinSet::new();
+        loop {
+            tokio::select! {
+                changed = stop.changed() => {
+                    if changed.is_err() || *stop.borrow() {
+                        break;
+                    }
+                }
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        let sim = sim.clone();
+                        let dc = dc.clone();
+                        connections.spawn(async move {
+                            let service = service_fn(move |req| {
+                                handle(sim.clone(), dc.clone(), peer, req)
+                            });
+                            let _ = hyper::server::conn::http1::Builder::new()
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await;
+                        });
+                    }
+                    // Out of file descriptors and the like: wait, don't spin.
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                },
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            }
+        }
+        connections.abort_all();
+        while connections.join_next().await.is_some() {}
+    })
+}
+
+async fn handle(
+    sim: Weak<Inner>,
+    dc: String,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let Some(sim) = Sim::upgrade(&sim) else {
+        return Ok(Reply::text(503, "simulator shutting down").into_response());
+    };
+    let (parts, body) = req.into_parts();
+    let body = match http_body_util::Limited::new(body, MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return Ok(Reply::text(400, format!("Request decode failed: {e}")).into_response());
+        }
+    };
+    let Some(listener) = sim.dc(&dc).cloned() else {
+        return Ok(Reply::text(500, "unknown listener").into_response());
+    };
+    let req = Req {
+        method: parts.method,
+        path: parts.uri.path().to_owned(),
+        raw_query: parts.uri.query().unwrap_or("").to_owned(),
+        params: Params::parse(parts.uri.query().unwrap_or("")),
+        headers: parts.headers,
+        body,
+        peer,
+        listener,
+    };
+    let reply = if req.path.starts_with("/_sim/") {
+        sim_api(&sim, &req).await
+    } else {
+        req.listener.record(crate::sim::RecordedRequest {
+            method: req.method.to_string(),
+            path: req.path.clone(),
+            query: req.raw_query.clone(),
+            headers: req
+                .headers
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.to_string(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
+                .collect(),
+            received_unix_ms: unix_ms(),
+        });
+        match apply_faults(&req).await {
+            Some(reply) => reply,
+            None => consul_api(&sim, &req).await,
+        }
+    };
+    Ok(reply.into_response())
+}
+
+/// Holds, delays or fails a request as the listener's faults say.
+async fn apply_faults(req: &Req) -> Option<Reply> {
+    let dc = &req.listener;
+    let mut changes = dc.fault_changes();
+    while dc.faults().hang {
+        if changes.changed().await.is_err() {
+            break;
+        }
+    }
+    if let Some(delay) = dc.faults().delay {
+        tokio::time::sleep(delay).await;
+    }
+    dc.take_fail_rule(&req.path)
+        .map(|rule| Reply::text(rule.status, rule.body))
+}
+
+//------------ Requests and replies -------------------------------------------
+
+/// Query parameters in order, repeated keys kept.
+struct Params(Vec<(String, String)>);
+
+impl Params {
+    fn parse(query: &str) -> Self {
+        Self(
+            form_urlencoded::parse(query.as_bytes())
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect(),
+        )
+    }
+
+    /// First value, as Go's `Query().Get` (empty if absent).
+    fn get(&self, key: &str) -> &str {
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map_or("", |(_, v)| v.as_str())
+    }
+
+    fn has(&self, key: &str) -> bool {
+        self.0.iter().any(|(k, _)| k == key)
+    }
+
+    fn all(&self, key: &str) -> Vec<&str> {
+        self.0
+            .iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    /// `node-meta=key:value` pairs (`parseMetaPair`): no colon means an
+    /// empty value; a repeated key keeps the last value.
+    fn node_meta(&self) -> StringMap {
+        self.all("node-meta")
+            .into_iter()
+            .map(|raw| match raw.split_once(':') {
+                Some((k, v)) => (k.to_owned(), v.to_owned()),
+                None => (raw.to_owned(), String::new()),
+            })
+            .collect()
+    }
+}
+
+struct Req {
+    method: Method,
+    path: String,
+    raw_query: String,
+    params: Params,
+    headers: hyper::HeaderMap,
+    body: Bytes,
+    peer: SocketAddr,
+    listener: Arc<Datacenter>,
+}
+
+impl Req {
+    fn pretty(&self) -> bool {
+        self.params.has("pretty")
+    }
+
+    /// The client IP for `near=_ip`: the first `X-Forwarded-For` entry, else
+    /// the peer address.
+    fn source_ip(&self) -> std::net::IpAddr {
+        self.headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(self.peer.ip())
+    }
+
+    /// The datacenter asked for: `?dc=`, else the listener's.
+    fn target_dc(&self) -> String {
+        match self.params.get("dc") {
+            "" => self.listener.name.clone(),
+            dc => dc.to_owned(),
+        }
+    }
+
+    fn decode<T: DeserializeOwned>(&self) -> Result<T, Reply> {
+        serde_json::from_slice(&self.body)
+            .map_err(|e| Reply::text(400, format!("Request decode failed: {e}")))
+    }
+}
+
+struct Reply {
+    status: u16,
+    headers: Vec<(&'static str, String)>,
+    body: Bytes,
+    content_type: Option<&'static str>,
+}
+
+impl Reply {
+    fn text(status: u16, body: impl Into<String>) -> Self {
+        Self {
+            status,
+            headers: Vec::new(),
+            body: Bytes::from(body.into()),
+            content_type: Some("text/plain; charset=utf-8"),
+        }
+    }
+
+    fn empty() -> Self {
+        Self {
+            status: 200,
+            headers: Vec::new(),
+            body: Bytes::new(),
+            content_type: None,
+        }
+    }
+
+    /// JSON as Consul writes it: compact, or with `?pretty` indented by four
+    /// spaces with a trailing newline.
+    fn json(value: &impl Serialize, pretty: bool) -> Self {
+        let body = if pretty {
+            let mut out = Vec::new();
+            let formatter = serde_json::ser::PrettyFormatter::with_indent(b"    ");
+            let mut ser = serde_json::Serializer::with_formatter(&mut out, formatter);
+            value
+                .serialize(&mut ser)
+                .expect("simulator values always serialize");
+            out.push(b'\n');
+            out
+        } else {
+            serde_json::to_vec(value).expect("simulator values always serialize")
+        };
+        Self {
+            status: 200,
+            headers: Vec::new(),
+            body: Bytes::from(body),
+            content_type: Some("application/json"),
+        }
+    }
+
+    fn route_error(e: RouteError) -> Self {
+        Self::text(e.status, e.message)
+    }
+
+    fn header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.headers.push((name, value.into()));
+        self
+    }
+
+    fn into_response(self) -> Response<Full<Bytes>> {
+        let mut resp = Response::new(Full::new(self.body));
+        *resp.status_mut() = StatusCode::from_u16(self.status).unwrap_or(StatusCode::OK);
+        let headers = resp.headers_mut();
+        if let Some(ct) = self.content_type {
+            headers.insert("content-type", HeaderValue::from_static(ct));
+        }
+        for (name, value) in self.headers {
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                headers.append(HeaderName::from_static(name), v);
+            }
+        }
+        resp
+    }
+}
+
+fn method_not_allowed(req: &Req, allowed: &[Method]) -> Reply {
+    let allow = std::iter::once("OPTIONS")
+        .chain(allowed.iter().map(Method::as_str))
+        .collect::<Vec<_>>()
+        .join(",");
+    if req.method == Method::OPTIONS {
+        return Reply::empty().header("allow", allow);
+    }
+    Reply::text(405, format!("method {} not allowed", req.method)).header("allow", allow)
+}
+
+fn not_found() -> Reply {
+    Reply::text(404, "404 page not found\n")
+}
+
+//------------ Read options and blocking ---------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Consistency {
+    Leader,
+    Stale,
+    Consistent,
+}
+
+impl Consistency {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Leader => "leader",
+            Self::Stale => "stale",
+            Self::Consistent => "consistent",
+        }
+    }
+}
+
+/// What the common read parameters say (`parseConsistency`, `parseWait`).
+struct ReadOptions {
+    consistency: Consistency,
+    cached: bool,
+    min_index: u64,
+    wait: Option<Duration>,
+}
+
+fn parse_read_options(req: &Req) -> Result<ReadOptions, Reply> {
+    let p = &req.params;
+    let mut stale = p.has("stale");
+    let consistent = p.has("consistent");
+    let cached = p.has("cached");
+    let max_stale = p.get("max_stale");
+    if !max_stale.is_empty() {
+        let dur = parse_go_duration(max_stale)
+            .map_err(|_| Reply::text(400, format!("Invalid max_stale value {max_stale:?}")))?;
+        if dur.0 > 0 {
+            stale = true;
+        }
+    }
+    if stale && consistent {
+        return Err(Reply::text(
+            400,
+            "Cannot specify ?stale with ?consistent, conflicting semantics.",
+        ));
+    }
+    if cached && consistent {
+        return Err(Reply::text(
+            400,
+            "Cannot specify ?cached with ?consistent, conflicting semantics.",
+        ));
+    }
+    let wait = match p.get("wait") {
+        "" => None,
+        w => Some(
+            parse_go_duration(w)
+                .map_err(|_| Reply::text(400, "Invalid wait time"))?
+                .positive()
+                .unwrap_or(Duration::ZERO),
+        ),
+    };
+    let min_index = match p.get("index") {
+        "" => 0,
+        i => i
+            .parse::<u64>()
+            .map_err(|_| Reply::text(400, "Invalid index"))?,
+    };
+    let consistency = if stale {
+        Consistency::Stale
+    } else if consistent {
+        Consistency::Consistent
+    } else {
+        Consistency::Leader
+    };
+    Ok(ReadOptions {
+        consistency,
+        cached,
+        min_index,
+        wait,
+    })
+}
+
+/// How long a blocking query may hold (`RPCQueryTimeout`): the wait, 300 s
+/// if unset or ≤ 0, at most 600 s, plus a random jitter below wait/16.
+pub fn blocking_timeout(wait: Option<Duration>) -> Duration {
+    let base = match wait {
+        Some(w) if w > MAX_QUERY_TIME => MAX_QUERY_TIME,
+        Some(w) if !w.is_zero() => w,
+        _ => DEFAULT_QUERY_TIME,
+    };
+    let max_jitter = (base / JITTER_FRACTION).as_nanos() as u64;
+    let jitter = if max_jitter == 0 {
+        0
+    } else {
+        fastrand::u64(0..max_jitter)
+    };
+    base + Duration::from_nanos(jitter)
+}
+
+/// A read routed to its datacenter, with its metadata headers.
+struct Read {
+    dc: Arc<Datacenter>,
+    opts: ReadOptions,
+}
+
+impl Read {
+    /// Parses the read parameters, routes to the target DC and checks the
+    /// leader (waiting up to the hold timeout, as Consul's forwarding does).
+    async fn start(sim: &Sim, req: &Req) -> Result<Self, Reply> {
+        let opts = parse_read_options(req)?;
+        let dc = sim
+            .route(&req.listener.name, &req.target_dc())
+            .map_err(Reply::route_error)?;
+        if opts.consistency != Consistency::Stale && !sim.await_leader(&dc).await {
+            return Err(Self::meta_headers(&dc, Reply::text(500, ERR_NO_LEADER)));
+        }
+        Ok(Self { dc, opts })
+    }
+
+    fn meta_headers(dc: &Datacenter, reply: Reply) -> Reply {
+        let leaderless = dc.leaderless_for();
+        reply
+            .header("x-consul-knownleader", leaderless.is_none().to_string())
+            .header(
+                "x-consul-lastcontact",
+                leaderless.map_or(0, |d| d.as_millis()).to_string(),
+            )
+    }
+
+    /// Runs `run` as a blocking query: at once if `index` is 0 or the
+    /// result's index is past it, else when a relevant write moves it past,
+    /// the store is restored, or the wait (plus jitter) runs out.
+    async fn block<T>(&self, mut run: impl FnMut(&Store) -> (u64, T, Topic)) -> (u64, T) {
+        let deadline =
+            (self.opts.min_index > 0).then(|| Instant::now() + blocking_timeout(self.opts.wait));
+        let mut abandoned = self.dc.abandoned();
+        let mut abandon = false;
+        loop {
+            let ((index, value), mut changed) = self.dc.read(|s| {
+                let (index, value, topic) = run(s);
+                ((index.max(1), value), topic)
+            });
+            let Some(deadline) = deadline else {
+                return (index, value);
+            };
+            if abandon || index > self.opts.min_index || Instant::now() >= deadline {
+                return (index, value);
+            }
+            tokio::select! {
+                _ = changed.changed() => {}
+                _ = abandoned.changed() => abandon = true,
+                _ = tokio::time::sleep_until(deadline) => {}
+            }
+        }
+    }
+
+    /// A JSON reply with Consul's query metadata headers.
+    fn reply(&self, req: &Req, index: u64, value: &impl Serialize) -> Reply {
+        let mut reply = Self::meta_headers(&self.dc, Reply::json(value, req.pretty()))
+            .header("x-consul-index", index.max(1).to_string())
+            .header(
+                "x-consul-effective-consistency",
+                self.opts.consistency.as_str(),
+            )
+            .header("x-consul-query-backend", "blocking-query")
+            .header("x-consul-default-acl-policy", "allow");
+        if self.opts.cached {
+            let key = format!("{}?{}", req.path, req.raw_query);
+            if req.listener.cache_seen(key) {
+                reply = reply.header("x-cache", "HIT").header("age", "0");
+            } else {
+                reply = reply.header("x-cache", "MISS");
+            }
+        }
+        reply
+    }
+}
+
+//------------ Consul endpoints -------------------------------------------------
+
+async fn consul_api(sim: &Sim, req: &Req) -> Reply {
+    let path = req.path.as_str();
+    let get = [Method::GET];
+    let put = [Method::PUT];
+    let allowed: &[Method] = match path {
+        "/v1/catalog/register" | "/v1/catalog/deregister" | "/v1/coordinate/update" => &put,
+        "/v1/query" => &[Method::GET, Method::POST],
+        p if p.starts_with("/v1/agent/check/") => &put,
+        p if p.starts_with("/v1/query/")
+            && !p.ends_with("/execute")
+            && !p.ends_with("/explain") =>
+        {
+            &[Method::GET, Method::PUT, Method::DELETE]
+        }
+        _ => &get,
+    };
+    if !allowed.contains(&req.method) {
+        if known_path(path) {
+            return method_not_allowed(req, allowed);
+        }
+        return not_found();
+    }
+    let result = match path {
+        "/v1/catalog/register" => register(sim, req).await,
+        "/v1/catalog/deregister" => deregister(sim, req).await,
+        "/v1/catalog/datacenters" => Ok(Reply::json(
+            &sim.datacenters_by_distance(&req.listener.name),
+            req.pretty(),
+        )),
+        "/v1/catalog/services" => catalog_services(sim, req).await,
+        "/v1/catalog/nodes" => catalog_nodes(sim, req).await,
+        "/v1/coordinate/datacenters" => Ok(coordinate_datacenters(sim, req)),
+        "/v1/coordinate/nodes" => coordinate_nodes(sim, req).await,
+        "/v1/coordinate/update" => coordinate_update(sim, req).await,
+        "/v1/agent/self" => Ok(agent_self(sim, req)),
+        "/v1/status/leader" => status(sim, req, true),
+        "/v1/status/peers" => status(sim, req, false),
+        "/v1/query" if req.method == Method::POST => query_create(sim, req).await,
+        "/v1/query" => query_list(sim, req).await,
+        p => {
+            if let Some(name) = p.strip_prefix("/v1/health/service/") {
+                health_service(sim, req, name).await
+            } else if let Some(name) = p.strip_prefix("/v1/catalog/service/") {
+                catalog_service(sim, req, name).await
+            } else if let Some(rest) = p.strip_prefix("/v1/agent/check/") {
+                agent_check(req, rest)
+            } else if let Some(rest) = p.strip_prefix("/v1/query/") {
+                query_item(sim, req, rest).await
+            } else {
+                Ok(not_found())
+            }
+        }
+    };
+    result.unwrap_or_else(|reply| reply)
+}
+
+fn known_path(path: &str) -> bool {
+    const EXACT: &[&str] = &[
+        "/v1/catalog/register",
+        "/v1/catalog/deregister",
+        "/v1/catalog/datacenters",
+        "/v1/catalog/services",
+        "/v1/catalog/nodes",
+        "/v1/coordinate/datacenters",
+        "/v1/coordinate/nodes",
+        "/v1/coordinate/update",
+        "/v1/agent/self",
+        "/v1/status/leader",
+        "/v1/status/peers",
+        "/v1/query",
+    ];
+    const PREFIX: &[&str] = &[
+        "/v1/health/service/",
+        "/v1/catalog/service/",
+        "/v1/agent/check/",
+        "/v1/query/",
+    ];
+    EXACT.contains(&path) || PREFIX.iter().any(|p| path.starts_with(p))
+}
+
+/// Routes a write to its datacenter and waits for its leader.
+async fn write_target(sim: &Sim, req: &Req, dc: Option<&str>) -> Result<Arc<Datacenter>, Reply> {
+    let target = dc
+        .filter(|d| !d.is_empty())
+        .map_or_else(|| req.target_dc(), str::to_owned);
+    let dc = sim
+        .route(&req.listener.name, &target)
+        .map_err(Reply::route_error)?;
+    if !sim.await_leader(&dc).await {
+        return Err(Reply::text(500, ERR_NO_LEADER));
+    }
+    Ok(dc)
+}
+
+async fn register(sim: &Sim, req: &Req) -> Result<Reply, Reply> {
+    let body: RegisterRequest = req.decode()?;
+    let dc = write_target(sim, req, body.datacenter.as_deref()).await?;
+    dc.write(|s| s.register(&body))
+        .map_err(|e| Reply::text(500, e))?;
+    Ok(Reply::json(&true, req.pretty()))
+}
+
+async fn deregister(sim: &Sim, req: &Req) -> Result<Reply, Reply> {
+    let body: DeregisterRequest = req.decode()?;
+    let dc = write_target(sim, req, body.datacenter.as_deref()).await?;
+    dc.write(|s| s.deregister(&body))
+        .map_err(|e| Reply::text(500, e))?;
+    Ok(Reply::json(&true, req.pretty()))
+}
+
+/// Go's `strconv.ParseBool`.
+fn parse_go_bool(s: &str) -> Option<bool> {
+    match s {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
+        _ => None,
+    }
+}
+
+fn reject_filter(req: &Req) -> Result<(), Reply> {
+    if req.params.has("filter") {
+        return Err(Reply::text(
+            400,
+            "Failed to create boolean expression evaluator: consul-sim does not implement ?filter",
+        ));
+    }
+    Ok(())
+}
+
+/// Whether `tags` has every one of `want`, compared case-insensitively
+/// (`serviceTagFilter`).
+fn has_all_tags(tags: &[String], want: &[&str]) -> bool {
+    want.iter()
+        .all(|w| tags.iter().any(|t| t.eq_ignore_ascii_case(w)))
+}
+
+/// Removes the elements failing `keep` the way Go's `Filter` helpers do: by
+/// swapping the last element into the hole, which changes the order.
+fn swap_retain<T>(items: &mut Vec<T>, mut keep: impl FnMut(&T) -> bool) {
+    let mut i = 0;
+    while i < items.len() {
+        if keep(&items[i]) {
+            i += 1;
+        } else {
+            items.swap_remove(i);
+        }
+    }
+}
+
+/// The node a `?near=` sort starts from (`_agent` is the server node).
+fn near_source(req: &Req, dc: &Datacenter) -> Option<String> {
+    match req.params.get("near") {
+        "" => None,
+        "_agent" => Some(dc.server_node.clone()),
+        node => Some(node.to_owned()),
+    }
+}
+
+/// The read topic of one service: its own changes if it exists, else any
+/// change (Consul watches the catalog's max index then).
+fn service_topic(store: &Store, name: &str) -> Topic {
+    if store.has_service(name) {
+        Topic::Service(name.to_lowercase())
+    } else {
+        Topic::Any
+    }
+}
+
+async fn health_service(sim: &Sim, req: &Req, name: &str) -> Result<Reply, Reply> {
+    if name.is_empty() {
+        return Err(Reply::text(400, "Missing service name"));
+    }
+    let passing = if req.params.has("passing") {
+        match req.params.get("passing") {
+            "" => true,
+            v => parse_go_bool(v).ok_or_else(|| Reply::text(400, "Invalid value for ?passing"))?,
+        }
+    } else {
+        false
+    };
+    reject_filter(req)?;
+    let read = Read::start(sim, req).await?;
+    let tags = req.params.all("tag");
+    let node_meta = req.params.node_meta();
+    let (index, mut nodes) = read
+        .block(|s| {
+            let mut nodes = s.check_service_nodes(name);
+            nodes.retain(|n| has_all_tags(&n.service.tags, &tags));
+            (s.service_read_index(name), nodes, service_topic(s, name))
+        })
+        .await;
+    if !node_meta.is_empty() {
+        swap_retain(&mut nodes, |n| {
+            query::meta_satisfied(n.node.meta.as_ref(), &node_meta)
+        });
+    }
+    if passing {
+        swap_retain(&mut nodes, |n: &CheckServiceNode| {
+            n.checks.iter().all(|c| c.status == PASSING)
+        });
+    }
+    if let Some(source) = near_source(req, &read.dc) {
+        read.dc.peek(|s| sort_by_distance(s, &source, &mut nodes));
+    }
+    Ok(read.reply(req, index, &nodes))
+}
+
+async fn catalog_service(sim: &Sim, req: &Req, name: &str) -> Result<Reply, Reply> {
+    if name.is_empty() {
+        return Err(Reply::text(400, "Missing service name"));
+    }
+    reject_filter(req)?;
+    let read = Read::start(sim, req).await?;
+    let tags = req.params.all("tag");
+    let node_meta = req.params.node_meta();
+    let (index, mut nodes) = read
+        .block(|s| {
+            let mut nodes = s.check_service_nodes(name);
+            nodes.retain(|n| has_all_tags(&n.service.tags, &tags));
+            (s.service_read_index(name), nodes, service_topic(s, name))
+        })
+        .await;
+    if !node_meta.is_empty() {
+        swap_retain(&mut nodes, |n| {
+            query::meta_satisfied(n.node.meta.as_ref(), &node_meta)
+        });
+    }
+    if let Some(source) = near_source(req, &read.dc) {
+        read.dc.peek(|s| sort_by_distance(s, &source, &mut nodes));
+    }
+    let out: Vec<ServiceNode> = nodes
+        .iter()
+        .map(|n| ServiceNode::new(&n.node, &n.service))
+        .collect();
+    Ok(read.reply(req, index, &out))
+}
+
+async fn catalog_services(sim: &Sim, req: &Req) -> Result<Reply, Reply> {
+    reject_filter(req)?;
+    let read = Read::start(sim, req).await?;
+    let node_meta = req.params.node_meta();
+    let (index, services) = read
+        .block(|s| {
+            let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+            for (node, svc) in s.services() {
+                if !node_meta.is_empty() && !query::meta_satisfied(node.meta.as_ref(), &node_meta) {
+                    continue;
+                }
+                out.entry(svc.service.clone())
+                    .or_default()
+                    .extend(svc.tags.iter().cloned());
+            }
+            (
+                s.services_read_index(!node_meta.is_empty()),
+                out,
+                Topic::Any,
+            )
+        })
+        .await;
+    Ok(read.reply(req, index, &services))
+}
+
+async fn catalog_nodes(sim: &Sim, req: &Req) -> Result<Reply, Reply> {
+    reject_filter(req)?;
+    let read = Read::start(sim, req).await?;
+    let node_meta = req.params.node_meta();
+    let (index, nodes) = read
+        .block(|s| {
+            let nodes: Vec<_> = s
+                .nodes()
+                .filter(|n| query::meta_satisfied(n.meta.as_ref(), &node_meta))
+                .cloned()
+                .collect();
+            (s.nodes_read_index(), nodes, Topic::Any)
+        })
+        .await;
+    let mut nodes = nodes;
+    if let Some(source) = near_source(req, &read.dc) {
+        read.dc.peek(|s| {
+            if let Some(origin) = s.coordinate(&source) {
+                nodes.sort_by(|a, b| {
+                    let da = crate::model::compute_distance(Some(origin), s.coordinate(&a.node));
+                    let db = crate::model::compute_distance(Some(origin), s.coordinate(&b.node));
+                    da.total_cmp(&db)
+                });
+            }
+        });
+    }
+    Ok(read.reply(req, index, &nodes))
+}
+
+fn coordinate_datacenters(sim: &Sim, req: &Req) -> Reply {
+    let out: Vec<Value> = sim
+        .datacenters()
+        .iter()
+        .filter_map(|name| {
+            let dc = sim.dc(name)?;
+            let coord = dc.coordinate()?;
+            Some(json!({
+                "Datacenter": name,
+                "AreaID": "wan",
+                "Coordinates": [{"Node": dc.server_node, "Segment": "", "Coord": coord}],
+            }))
+        })
+        .collect();
+    Reply::json(&out, req.pretty())
+}
+
+async fn coordinate_nodes(sim: &Sim, req: &Req) -> Result<Reply, Reply> {
+    let read = Read::start(sim, req).await?;
+    let (index, coords) = read
+        .block(|s| {
+            let coords: Vec<Value> = s
+                .coordinates()
+                .map(|(n, c)| json!({"Node": n.node, "Segment": "", "Coord": c, "Partition": ""}))
+                .collect();
+            (s.coordinates_read_index(), coords, Topic::Any)
+        })
+        .await;
+    Ok(read.reply(req, index, &coords))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct CoordinateUpdate {
+    node: String,
+    #[serde(default)]
+    #[allow(dead_code)]
+    segment: String,
+    coord: Coordinate,
+}
+
+async fn coordinate_update(sim: &Sim, req: &Req) -> Result<Reply, Reply> {
+    let body: CoordinateUpdate = req.decode()?;
+    let dc = write_target(sim, req, None).await?;
+    dc.write(|s| s.set_coordinate(&body.node, body.coord))
+        .map_err(|e| Reply::text(500, e))?;
+    Ok(Reply::json(&true, req.pretty()))
+}
+
+fn agent_self(sim: &Sim, req: &Req) -> Reply {
+    let dc = &req.listener;
+    let ip = dc.server_addr.to_string();
+    let coord = dc.coordinate();
+    let leader = dc.leaderless_for().is_none();
+    let body = json!({
+        "Config": {
+            "Datacenter": dc.name,
+            "PrimaryDatacenter": sim.datacenters().first().cloned().unwrap_or_default(),
+            "NodeName": dc.server_node,
+            "NodeID": dc.node_id,
+            "Revision": "consul-sim",
+            "Server": true,
+            "Version": CONSUL_VERSION,
+            "BuildDate": "2024-10-14T00:00:00Z",
+            "BindAddr": ip,
+        },
+        "DebugConfig": {"Datacenter": dc.name, "NodeName": dc.server_node},
+        "Coord": coord,
+        "Member": {
+            "Name": dc.server_node,
+            "Addr": ip,
+            "Port": 8301,
+            "Tags": {"role": "consul", "dc": dc.name, "segment": "", "id": dc.node_id,
+                     "port": "8300", "build": format!("{CONSUL_VERSION}:consul-sim")},
+            "Status": 1,
+            "ProtocolMin": 1, "ProtocolMax": 5, "ProtocolCur": 2,
+            "DelegateMin": 2, "DelegateMax": 5, "DelegateCur": 4,
+        },
+        "Stats": {"consul": {"server": "true", "leader": leader.to_string(),
+                             "known_datacenters": sim.datacenters().len().to_string(),
+                             "acl": "disabled"}},
+        "Meta": {"consul-network-segment": "", "consul-version": CONSUL_VERSION},
+    });
+    Reply::json(&body, req.pretty())
+}
+
+fn status(sim: &Sim, req: &Req, leader: bool) -> Result<Reply, Reply> {
+    let dc = sim
+        .route(&req.listener.name, &req.target_dc())
+        .map_err(Reply::route_error)?;
+    let server = format!("{}:8300", dc.server_addr);
+    Ok(if leader {
+        let addr = if dc.leaderless_for().is_some() {
+            String::new()
+        } else {
+            server
+        };
+        Reply::json(&addr, req.pretty())
+    } else {
+        Reply::json(&[server], req.pretty())
+    })
+}
+
+fn agent_check(req: &Req, rest: &str) -> Result<Reply, Reply> {
+    let (action, check_id) = rest.split_once('/').ok_or_else(not_found)?;
+    if check_id.is_empty() {
+        return Err(Reply::text(400, "Missing check ID"));
+    }
+    let (status, output) = match action {
+        "pass" => (PASSING.to_owned(), req.params.get("note").to_owned()),
+        "warn" => (WARNING.to_owned(), req.params.get("note").to_owned()),
+        "fail" => (CRITICAL.to_owned(), req.params.get("note").to_owned()),
+        "update" => {
+            #[derive(serde::Deserialize, Default)]
+            #[serde(rename_all = "PascalCase", default)]
+            struct Update {
+                status: String,
+                output: String,
+            }
+            let body: Update = req.decode()?;
+            if ![PASSING, WARNING, CRITICAL].contains(&body.status.as_str()) {
+                return Err(Reply::text(
+                    400,
+                    format!("Invalid check status: '{}'", body.status),
+                ));
+            }
+            (body.status, body.output)
+        }
+        _ => return Err(not_found()),
+    };
+    // Simulator extension: `?node=` picks one node when several carry the
+    // same check ID; without it every such check is updated.
+    let node = Some(req.params.get("node")).filter(|n| !n.is_empty());
+    let matched = req
+        .listener
+        .agent_check_update(node, check_id, &status, Some(&output));
+    if matched == 0 {
+        return Err(Reply::text(
+            404,
+            format!(
+                "Unknown check ID {check_id:?}. Ensure that the check ID is passed, not the check name."
+            ),
+        ));
+    }
+    Ok(Reply::empty())
+}
+
+//------------ Prepared queries -------------------------------------------------
+
+const ERR_QUERY_NOT_FOUND: &str = "Query not found";
+
+async fn query_create(sim: &Sim, req: &Req) -> Result<Reply, Reply> {
+    let mut query: PreparedQuery = req.decode()?;
+    if !query.id.is_empty() {
+        return Err(Reply::text(
+            500,
+            "ID must be empty when creating a new prepared query",
+        ));
+    }
+    query::parse_query(&query)
+        .map_err(|e| Reply::text(500, format!("Invalid prepared query: {e}")))?;
+    let dc = write_target(sim, req, None).await?;
+    query.id = uuid::Uuid::new_v4().to_string();
+    let id = query.id.clone();
+    dc.write(|s| {
+        query::check_unique(s, &query)?;
+        s.put_query(query);
+        Ok::<_, String>(())
+    })
+    .map_err(|e| Reply::text(500, format!("raft apply failed: {e}")))?;
+    Ok(Reply::json(&json!({"ID": id}), req.pretty()))
+}
+
+async fn query_list(sim: &Sim, req: &Req) -> Result<Reply, Reply> {
+    let read = Read::start(sim, req).await?;
+    let (index, queries) = read
+        .block(|s| {
+            let queries: Vec<PreparedQuery> = s.queries().cloned().collect();
+            (s.queries_read_index(), queries, Topic::Any)
+        })
+        .await;
+    Ok(read.reply(req, index, &queries))
+}
+
+async fn query_item(sim: &Sim, req: &Req, rest: &str) -> Result<Reply, Reply> {
+    if let Some(id) = rest.strip_suffix("/execute") {
+        return query_execute(sim, req, id).await;
+    }
+    if let Some(id) = rest.strip_suffix("/explain") {
+        return query_explain(sim, req, id).await;
+    }
+    if rest.contains('/') {
+        return Err(not_found());
+    }
+    let id = rest;
+    match req.method {
+        Method::GET => {
+            if !is_uuid(id) {
+                return Err(Reply::text(
+                    500,
+                    "failed prepared query lookup: UUID must be 36 characters",
+                ));
+            }
+            let read = Read::start(sim, req).await?;
+            let (index, query) = read
+                .block(|s| (s.queries_read_index(), s.query(id).cloned(), Topic::Any))
+                .await;
+            match query {
+                Some(q) => Ok(read.reply(req, index, &[q])),
+                None => Err(Reply::text(404, ERR_QUERY_NOT_FOUND)),
+            }
+        }
+        Method::PUT => {
+            let mut query: PreparedQuery = if req.body.is_empty() {
+                PreparedQuery::default()
+            } else {
+                req.decode()?
+            };
+            query.id = id.to_owned();
+            let missing = || {
+                Reply::text(
+                    500,
+                    format!("Cannot modify non-existent prepared query: '{id}'"),
+                )
+            };
+            let dc = write_target(sim, req, None).await?;
+            if dc.peek(|s| s.query(id).is_none()) {
+                return Err(missing());
+            }
+            query::parse_query(&query)
+                .map_err(|e| Reply::text(500, format!("Invalid prepared query: {e}")))?;
+            dc.write(|s| {
+                query::check_unique(s, &query)?;
+                s.put_query(query);
+                Ok::<_, String>(())
+            })
+            .map_err(|e| Reply::text(500, format!("raft apply failed: {e}")))?;
+            Ok(Reply::empty())
+        }
+        _ => {
+            let dc = write_target(sim, req, None).await?;
+            if !dc.write(|s| s.delete_query(id)) {
+                return Err(Reply::text(
+                    500,
+                    format!("Cannot modify non-existent prepared query: '{id}'"),
+                ));
+            }
+            Ok(Reply::empty())
+        }
+    }
+}
+
+async fn query_execute(sim: &Sim, req: &Req, id: &str) -> Result<Reply, Reply> {
+    let limit = match req.params.get("limit") {
+        "" => 0,
+        l => l.parse::<i64>().map_err(|_| {
+            Reply::text(
+                500,
+                format!("Bad limit: strconv.Atoi: parsing {l:?}: invalid syntax"),
+            )
+        })?,
+    };
+    let opts = parse_read_options(req)?;
+    let target = req.target_dc();
+    let exec = ExecuteOptions {
+        limit: usize::try_from(limit).unwrap_or(0),
+        near: req.params.get("near").to_owned(),
+        source_ip: Some(req.source_ip()),
+        stale: opts.consistency == Consistency::Stale,
+    };
+    sim.route(&req.listener.name, &target)
+        .map_err(Reply::route_error)?;
+    let mut reply = sim
+        .execute(&target, id, &exec)
+        .await
+        .map_err(Reply::route_error)?
+        .ok_or_else(|| Reply::text(404, ERR_QUERY_NOT_FOUND))?;
+    reply.consistency_level = opts.consistency.as_str().to_owned();
+    let dc = sim.dc(&target).cloned().ok_or_else(not_found)?;
+    let read = Read { dc, opts };
+    Ok(read.reply(req, 1, &reply))
+}
+
+async fn query_explain(sim: &Sim, req: &Req, id: &str) -> Result<Reply, Reply> {
+    let read = Read::start(sim, req).await?;
+    let query = read
+        .dc
+        .peek(|s| query::resolve(s, id))
+        .map_err(|e| Reply::text(500, e))?
+        .ok_or_else(|| Reply::text(404, ERR_QUERY_NOT_FOUND))?;
+    let leaderless = read.dc.leaderless_for();
+    let body = json!({
+        "Query": query,
+        "Index": 1,
+        "LastContact": leaderless.map_or(0, |d| d.as_nanos() as u64),
+        "KnownLeader": leaderless.is_none(),
+        "ConsistencyLevel": read.opts.consistency.as_str(),
+        "NotModified": false,
+        "Backend": 0,
+        "ResultsFilteredByACLs": false,
+    });
+    Ok(read.reply(req, 1, &body))
+}
+
+//------------ /_sim/ control API -------------------------------------------------
+
+async fn sim_api(sim: &Sim, req: &Req) -> Reply {
+    let path = req.path.trim_end_matches('/');
+    let ok = || Reply::json(&json!({"ok": true}), false);
+    match (req.method.clone(), path) {
+        (Method::GET, "/_sim/state") => return Reply::json(&sim.state().await, true),
+        (Method::GET, "/_sim/requests") => {
+            let dc = req.target_dc();
+            return Reply::json(&sim.requests(&dc), req.pretty());
+        }
+        (Method::DELETE, "/_sim/requests") => {
+            let dc = req.params.get("dc");
+            sim.clear_requests((!dc.is_empty()).then_some(dc));
+            return ok();
+        }
+        _ => {}
+    }
+    let Some(rest) = path.strip_prefix("/_sim/dc/") else {
+        return not_found();
+    };
+    let (dc, action) = rest.split_once('/').unwrap_or((rest, ""));
+    if sim.dc(dc).is_none() {
+        return Reply::text(404, format!("unknown datacenter {dc:?}"));
+    }
+    let dc = dc.to_owned();
+    let number = |name: &str, default: u64| -> Result<u64, Reply> {
+        match req.params.get(name) {
+            "" => Ok(default),
+            v => v.parse().map_err(|_| {
+                Reply::text(400, format!("?{name}= must be a whole number, got {v:?}"))
+            }),
+        }
+    };
+    let result: Result<Reply, Reply> = async {
+        match (req.method.clone(), action) {
+            (Method::POST, "listener/stop") => {
+                if dc == req.listener.name {
+                    // Stopping the listener this request came in on would
+                    // drop this very connection: answer first.
+                    let sim = sim.clone();
+                    tokio::spawn(async move { sim.stop_listener(&dc).await });
+                    return Ok(
+                        Reply::json(&json!({"ok": true, "stopping": true}), false).with_status(202)
+                    );
+                }
+                sim.stop_listener(&dc).await;
+                Ok(ok())
+            }
+            (Method::POST, "listener/start") => {
+                sim.start_listener(&dc)
+                    .await
+                    .map_err(|e| Reply::text(500, e))?;
+                Ok(ok())
+            }
+            (Method::POST, "partition") => {
+                sim.partition(&dc, true);
+                Ok(ok())
+            }
+            (Method::DELETE, "partition") => {
+                sim.partition(&dc, false);
+                Ok(ok())
+            }
+            (Method::POST, "fail") => {
+                let status = u16::try_from(number("status", 500)?)
+                    .map_err(|_| Reply::text(400, "?status= out of range"))?;
+                let count = u32::try_from(number("count", 1)?)
+                    .map_err(|_| Reply::text(400, "?count= out of range"))?;
+                let body = match req.params.get("body") {
+                    "" => default_fault_body(status).to_owned(),
+                    b => b.to_owned(),
+                };
+                let prefix = req.params.get("path");
+                sim.fail_next(
+                    &dc,
+                    count,
+                    status,
+                    Some(&body),
+                    (!prefix.is_empty()).then_some(prefix),
+                );
+                Ok(ok())
+            }
+            (Method::PUT, "delay") => {
+                let ms = number("ms", 0)?;
+                sim.set_delay(&dc, (ms > 0).then(|| Duration::from_millis(ms)));
+                Ok(ok())
+            }
+            (Method::POST, "hang") => {
+                sim.hang(&dc, true);
+                Ok(ok())
+            }
+            (Method::DELETE, "hang") => {
+                sim.hang(&dc, false);
+                Ok(ok())
+            }
+            (Method::DELETE, "faults") => {
+                sim.clear_faults(&dc);
+                Ok(ok())
+            }
+            (Method::POST, "rewind") => {
+                sim.rewind_index(&dc, number("to", 1)?);
+                Ok(ok())
+            }
+            (Method::DELETE, "leader") => {
+                sim.lose_leader(&dc);
+                Ok(ok())
+            }
+            (Method::PUT, "leader") => {
+                sim.regain_leader(&dc);
+                Ok(ok())
+            }
+            (Method::PUT, "coordinate") => {
+                let coord: Option<Coordinate> = req.decode()?;
+                sim.set_coordinate(&dc, coord);
+                Ok(ok())
+            }
+            _ => Err(not_found()),
+        }
+    }
+    .await;
+    result.unwrap_or_else(|r| r)
+}
+
+impl Reply {
+    fn with_status(mut self, status: u16) -> Self {
+        self.status = status;
+        self
+    }
+}

@@ -1,0 +1,35 @@
+//! consul-sim: a multi-datacenter Consul HTTP API simulator for tests.
+//!
+//! No Consul binary can be installed where consul-failover-dns is tested,
+//! so this crate stands in for a WAN-federated set of Consul datacenters.
+//! It follows `shared/reference/consul-api.md` (cited as "reference §N" in
+//! the docs here): wire field names, status codes, error texts, blocking
+//! query semantics, prepared queries with Consul's failover algorithm.
+//! It never depends on the resolver crate, so a misreading of Consul
+//! cannot hide in both.
+//!
+//! Layout:
+//! - [`model`]: Consul's JSON types.
+//! - [`store`]: one datacenter's catalog and its Raft/table indexes.
+//! - [`query`]: prepared-query validation, templates, filters, failover list.
+//! - [`sim`]: the federation, fault injection and the library API.
+//! - `http`: the listeners, Consul's endpoints and the `/_sim/` API.
+//! - [`duration`]: Go's duration syntax.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), String> {
+//! let sim = consul_sim::Sim::start(&["dc1", "dc2"]).await?;
+//! println!("dc1 at {}", sim.url("dc1").await);
+//! sim.lose_leader("dc2");
+//! # Ok(()) }
+//! ```
+
+pub mod duration;
+mod http;
+pub mod model;
+pub mod query;
+pub mod sim;
+pub mod store;
+
+pub use http::{DEFAULT_QUERY_TIME, JITTER_FRACTION, MAX_QUERY_TIME, blocking_timeout};
+pub use sim::{DcSpec, ExecuteOptions, Faults, RecordedRequest, Sim, SimBuilder, Snapshot};
