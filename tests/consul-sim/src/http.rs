@@ -145,7 +145,22 @@ async fn handle(
             None => consul_api(&sim, &req).await,
         }
     };
+    let reply = if sim.translates_wan_addrs() {
+        reply.header("x-consul-translate-addresses", "true")
+    } else {
+        reply
+    };
     Ok(reply.into_response())
+}
+
+/// Applies `translate_wan_addrs` to instances from datacenter `dc` read
+/// through `req`'s listener.
+fn translate(sim: &Sim, req: &Req, dc: &str, nodes: &mut [CheckServiceNode]) {
+    if sim.translates_wan_addrs() && dc != req.listener.name {
+        for n in nodes {
+            crate::sim::translate_to_wan(&mut n.node, &mut n.service);
+        }
+    }
 }
 
 /// Holds, delays or fails a request as the listener's faults say.
@@ -725,6 +740,7 @@ async fn health_service(sim: &Sim, req: &Req, name: &str) -> Result<Reply, Reply
     if let Some(source) = near_source(req, &read.dc) {
         read.dc.peek(|s| sort_by_distance(s, &source, &mut nodes));
     }
+    translate(sim, req, &read.dc.name, &mut nodes);
     Ok(read.reply(req, index, &nodes))
 }
 
@@ -751,6 +767,7 @@ async fn catalog_service(sim: &Sim, req: &Req, name: &str) -> Result<Reply, Repl
     if let Some(source) = near_source(req, &read.dc) {
         read.dc.peek(|s| sort_by_distance(s, &source, &mut nodes));
     }
+    translate(sim, req, &read.dc.name, &mut nodes);
     let out: Vec<ServiceNode> = nodes
         .iter()
         .map(|n| ServiceNode::new(&n.node, &n.service))
@@ -1090,6 +1107,10 @@ async fn query_execute(sim: &Sim, req: &Req, id: &str) -> Result<Reply, Reply> {
         .map_err(Reply::route_error)?
         .ok_or_else(|| Reply::text(404, ERR_QUERY_NOT_FOUND))?;
     reply.consistency_level = opts.consistency.as_str().to_owned();
+    // Translated by the reply's datacenter, so failover answers get WAN
+    // addresses (reference §5.3).
+    let answered_by = reply.datacenter.clone();
+    translate(sim, req, &answered_by, &mut reply.nodes);
     let dc = sim.dc(&target).cloned().ok_or_else(not_found)?;
     let read = Read { dc, opts };
     Ok(read.reply(req, 1, &reply))

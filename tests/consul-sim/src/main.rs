@@ -27,6 +27,10 @@ struct Cli {
     /// Default: datacenters 10 ms apart on a line, in --dc order.
     #[arg(long = "coord", value_name = "NAME=X[,Y...]")]
     coords: Vec<String>,
+    /// Behave like agents with translate_wan_addrs: answers about another
+    /// datacenter carry its WAN tagged addresses.
+    #[arg(long)]
+    translate_wan_addrs: bool,
 }
 
 fn parse_dc(spec: &str) -> Result<(String, SocketAddr), String> {
@@ -61,7 +65,7 @@ fn parse_coord(spec: &str) -> Result<(String, Option<Coordinate>), String> {
 }
 
 async fn run(cli: Cli) -> Result<(), String> {
-    let mut builder = Sim::builder();
+    let mut builder = Sim::builder().translate_wan_addrs(cli.translate_wan_addrs);
     for spec in &cli.dcs {
         let (name, addr) = parse_dc(spec)?;
         builder = builder.dc(&name, addr);

@@ -307,6 +307,7 @@ pub struct DcSpec {
 pub struct SimBuilder {
     dcs: Vec<DcSpec>,
     seed: Vec<RegisterRequest>,
+    translate_wan_addrs: bool,
 }
 
 /// Default spacing of datacenters on the WAN coordinate line: 10 ms.
@@ -330,6 +331,14 @@ impl SimBuilder {
         if let Some(dc) = self.dcs.iter_mut().find(|d| d.name == name) {
             dc.coordinate = coordinate;
         }
+        self
+    }
+
+    /// Turns on the agents' `translate_wan_addrs`: answers about another
+    /// datacenter carry its WAN addresses (reference §6.4), and every
+    /// response has `X-Consul-Translate-Addresses: true`.
+    pub fn translate_wan_addrs(mut self, on: bool) -> Self {
+        self.translate_wan_addrs = on;
         self
     }
 
@@ -361,6 +370,7 @@ impl SimBuilder {
         let sim = Sim {
             inner: Arc::new(Inner {
                 dcs,
+                translate_wan_addrs: self.translate_wan_addrs,
                 rpc_hold_timeout: Mutex::new(DEFAULT_RPC_HOLD_TIMEOUT),
             }),
         };
@@ -470,6 +480,7 @@ fn server_registration(dc: &Datacenter) -> RegisterRequest {
 
 pub(crate) struct Inner {
     dcs: Vec<Arc<Datacenter>>,
+    translate_wan_addrs: bool,
     rpc_hold_timeout: Mutex<Duration>,
 }
 
@@ -550,6 +561,11 @@ impl Sim {
 
     pub(crate) fn upgrade(weak: &Weak<Inner>) -> Option<Self> {
         weak.upgrade().map(|inner| Self { inner })
+    }
+
+    /// Whether the agents translate remote-DC addresses to WAN ones.
+    pub fn translates_wan_addrs(&self) -> bool {
+        self.inner.translate_wan_addrs
     }
 
     /// Names of all datacenters, in creation order.
@@ -1032,6 +1048,54 @@ pub(crate) fn sort_by_distance(store: &Store, source: &str, nodes: &mut [CheckSe
         let db = compute_distance(Some(origin), store.coordinate(&b.node.node));
         da.total_cmp(&db)
     });
+}
+
+/// Picks an address as `translateAddressAccept` does for HTTP answers
+/// (any family accepted): the IPv6 tagged address, else the IPv4 one, else
+/// the default.
+fn pick_address(default: &str, v4: &str, v6: &str) -> String {
+    [v6, v4, default]
+        .into_iter()
+        .find(|a| !a.is_empty())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Rewrites an instance seen from another datacenter to its WAN addresses
+/// (`TranslateAddresses` in `agent/translate_addr.go`): node `wan`,
+/// `wan_ipv4`, `wan_ipv6`; service `wan`, `wan_ipv4`, `wan_ipv6`, and the
+/// `wan` port if non-zero.
+pub(crate) fn translate_to_wan(node: &mut crate::model::Node, svc: &mut crate::model::NodeService) {
+    let tagged = node.tagged_addresses.clone().unwrap_or_default();
+    let get = |k: &str| tagged.get(k).cloned().unwrap_or_default();
+    let wan = get("wan");
+    let default = if wan.is_empty() {
+        node.address.clone()
+    } else {
+        wan
+    };
+    node.address = pick_address(&default, &get("wan_ipv4"), &get("wan_ipv6"));
+    let sget = |k: &str| {
+        svc.tagged_addresses
+            .get(k)
+            .map(|a| a.address.clone())
+            .unwrap_or_default()
+    };
+    let wan = sget("wan");
+    let default = if wan.is_empty() {
+        svc.address.clone()
+    } else {
+        wan
+    };
+    svc.address = pick_address(&default, &sget("wan_ipv4"), &sget("wan_ipv6"));
+    if let Some(port) = svc
+        .tagged_addresses
+        .get("wan")
+        .map(|a| a.port)
+        .filter(|p| *p != 0)
+    {
+        svc.port = port;
+    }
 }
 
 /// Milliseconds since the Unix epoch.

@@ -1202,3 +1202,77 @@ async fn sim_http_api_drives_faults() {
             .any(|r| r["path"] == "/v1/health/service/web")
     );
 }
+
+/// Reference §2: `?leader` is the default mode; `?cached` is accepted and
+/// answers `X-Cache: MISS` first, then `HIT` with `Age`.
+#[tokio::test]
+async fn leader_and_cached_modes_are_accepted() {
+    let f = Fixture::start(&["dc1"]).await;
+    let a = f.get("dc1", "/v1/health/service/web?leader").await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.header("x-consul-effective-consistency"), Some("leader"));
+    let first = f.get("dc1", "/v1/catalog/services?cached").await;
+    assert_eq!(first.status, 200);
+    assert_eq!(first.header("x-cache"), Some("MISS"));
+    let second = f.get("dc1", "/v1/catalog/services?cached").await;
+    assert_eq!(second.header("x-cache"), Some("HIT"));
+    assert_eq!(second.header("age"), Some("0"));
+    assert_eq!(second.body, first.body);
+}
+
+/// Reference §1, §3 and §6.4: with `translate_wan_addrs`, answers about
+/// another DC carry its WAN node and service addresses and WAN port, local
+/// answers keep LAN ones, and every response says
+/// `X-Consul-Translate-Addresses: true`.
+#[tokio::test]
+async fn translate_wan_addrs_rewrites_remote_answers() {
+    let any = "127.0.0.1:0".parse().unwrap();
+    let sim = Sim::builder()
+        .dc("dc1", any)
+        .dc("dc2", any)
+        .translate_wan_addrs(true)
+        .start()
+        .await
+        .unwrap();
+    let f = Fixture {
+        sim,
+        http: reqwest::Client::new(),
+    };
+    let body = json!({"Datacenter": "dc2", "Node": "n1", "Address": "10.2.0.1",
+        "TaggedAddresses": {"lan": "10.2.0.1", "wan": "198.51.100.1"},
+        "Service": {"Service": "web", "Port": 80, "Address": "10.2.0.5",
+                    "TaggedAddresses": {"wan": {"Address": "198.51.100.5", "Port": 8443}}}});
+    assert_eq!(f.put("dc1", "/v1/catalog/register", body).await.status, 200);
+    let remote = f.get("dc1", "/v1/health/service/web?dc=dc2").await;
+    assert_eq!(remote.header("x-consul-translate-addresses"), Some("true"));
+    let e = &remote.json()[0];
+    assert_eq!(e["Node"]["Address"], "198.51.100.1");
+    assert_eq!(
+        (
+            e["Service"]["Address"].as_str(),
+            e["Service"]["Port"].as_u64()
+        ),
+        (Some("198.51.100.5"), Some(8443))
+    );
+    let local = f.get("dc2", "/v1/health/service/web").await.json();
+    assert_eq!(local[0]["Node"]["Address"], "10.2.0.1");
+    assert_eq!(local[0]["Service"]["Port"], 80);
+    let cat = f.get("dc1", "/v1/catalog/service/web?dc=dc2").await.json();
+    assert_eq!(
+        (
+            cat[0]["Address"].as_str(),
+            cat[0]["ServiceAddress"].as_str()
+        ),
+        (Some("198.51.100.1"), Some("198.51.100.5"))
+    );
+    // A failover answer is translated by the DC that answered.
+    let q =
+        json!({"Name": "web", "Service": {"Service": "web", "Failover": {"Datacenters": ["dc2"]}}});
+    assert_eq!(
+        f.call("POST", "dc1", "/v1/query", Some(q)).await.status,
+        200
+    );
+    let exec = f.get("dc1", "/v1/query/web/execute").await.json();
+    assert_eq!(exec["Datacenter"], "dc2");
+    assert_eq!(exec["Nodes"][0]["Service"]["Address"], "198.51.100.5");
+}
