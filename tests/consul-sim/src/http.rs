@@ -1084,10 +1084,17 @@ async fn query_item(sim: &Sim, req: &Req, rest: &str) -> Result<Reply, Reply> {
 async fn query_execute(sim: &Sim, req: &Req, id: &str) -> Result<Reply, Reply> {
     let limit = match req.params.get("limit") {
         "" => 0,
-        l => l.parse::<i64>().map_err(|_| {
+        l => l.parse::<i64>().map_err(|e| {
+            // Go's strconv.Atoi error texts.
+            let why = match e.kind() {
+                std::num::IntErrorKind::PosOverflow | std::num::IntErrorKind::NegOverflow => {
+                    "value out of range"
+                }
+                _ => "invalid syntax",
+            };
             Reply::text(
                 500,
-                format!("Bad limit: strconv.Atoi: parsing {l:?}: invalid syntax"),
+                format!("Bad limit: strconv.Atoi: parsing {l:?}: {why}"),
             )
         })?,
     };

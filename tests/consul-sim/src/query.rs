@@ -273,10 +273,12 @@ pub fn render(query: &PreparedQuery, name: &str) -> Result<PreparedQuery, String
     for (k, v) in s.service_meta.iter_mut().flatten() {
         field(&format!(".ServiceMeta[{k}]"), v)?;
     }
-    if query.template.remove_empty_tags
-        && let Some(tags) = &mut s.tags
-    {
+    if query.template.remove_empty_tags {
+        // Consul always assigns a fresh `make([]string, 0, …)`, so even a
+        // template without tags renders `"Tags":[]`, never `null`.
+        let mut tags = s.tags.take().unwrap_or_default();
         tags.retain(|t| !t.is_empty());
+        s.tags = Some(tags);
     }
     Ok(out)
 }
