@@ -705,9 +705,6 @@ fn service_topic(store: &Store, name: &str) -> Topic {
 }
 
 async fn health_service(sim: &Sim, req: &Req, name: &str) -> Result<Reply, Reply> {
-    if name.is_empty() {
-        return Err(Reply::text(400, "Missing service name"));
-    }
     let passing = if req.params.has("passing") {
         match req.params.get("passing") {
             "" => true,
@@ -716,6 +713,32 @@ async fn health_service(sim: &Sim, req: &Req, name: &str) -> Result<Reply, Reply
     } else {
         false
     };
+    let (read, index, nodes) = service_instances(sim, req, name, passing).await?;
+    Ok(read.reply(req, index, &nodes))
+}
+
+async fn catalog_service(sim: &Sim, req: &Req, name: &str) -> Result<Reply, Reply> {
+    let (read, index, nodes) = service_instances(sim, req, name, false).await?;
+    let out: Vec<ServiceNode> = nodes
+        .iter()
+        .map(|n| ServiceNode::new(&n.node, &n.service))
+        .collect();
+    Ok(read.reply(req, index, &out))
+}
+
+/// The instance read shared by `/v1/health/service` and
+/// `/v1/catalog/service`, with Consul's filter order: tags (in the state
+/// read), node-meta, `passing` if asked, then the `near` sort and WAN
+/// translation.
+async fn service_instances(
+    sim: &Sim,
+    req: &Req,
+    name: &str,
+    passing: bool,
+) -> Result<(Read, u64, Vec<CheckServiceNode>), Reply> {
+    if name.is_empty() {
+        return Err(Reply::text(400, "Missing service name"));
+    }
     reject_filter(req)?;
     let read = Read::start(sim, req).await?;
     let tags = req.params.all("tag");
@@ -738,41 +761,11 @@ async fn health_service(sim: &Sim, req: &Req, name: &str) -> Result<Reply, Reply
         });
     }
     if let Some(source) = near_source(req, &read.dc) {
-        read.dc.peek(|s| sort_by_distance(s, &source, &mut nodes));
+        read.dc
+            .peek(|s| sort_by_distance(s, &source, &mut nodes, |n| &n.node.node));
     }
     translate(sim, req, &read.dc.name, &mut nodes);
-    Ok(read.reply(req, index, &nodes))
-}
-
-async fn catalog_service(sim: &Sim, req: &Req, name: &str) -> Result<Reply, Reply> {
-    if name.is_empty() {
-        return Err(Reply::text(400, "Missing service name"));
-    }
-    reject_filter(req)?;
-    let read = Read::start(sim, req).await?;
-    let tags = req.params.all("tag");
-    let node_meta = req.params.node_meta();
-    let (index, mut nodes) = read
-        .block(|s| {
-            let mut nodes = s.check_service_nodes(name);
-            nodes.retain(|n| has_all_tags(&n.service.tags, &tags));
-            (s.service_read_index(name), nodes, service_topic(s, name))
-        })
-        .await;
-    if !node_meta.is_empty() {
-        swap_retain(&mut nodes, |n| {
-            query::meta_satisfied(n.node.meta.as_ref(), &node_meta)
-        });
-    }
-    if let Some(source) = near_source(req, &read.dc) {
-        read.dc.peek(|s| sort_by_distance(s, &source, &mut nodes));
-    }
-    translate(sim, req, &read.dc.name, &mut nodes);
-    let out: Vec<ServiceNode> = nodes
-        .iter()
-        .map(|n| ServiceNode::new(&n.node, &n.service))
-        .collect();
-    Ok(read.reply(req, index, &out))
+    Ok((read, index, nodes))
 }
 
 async fn catalog_services(sim: &Sim, req: &Req) -> Result<Reply, Reply> {
@@ -804,7 +797,7 @@ async fn catalog_nodes(sim: &Sim, req: &Req) -> Result<Reply, Reply> {
     reject_filter(req)?;
     let read = Read::start(sim, req).await?;
     let node_meta = req.params.node_meta();
-    let (index, nodes) = read
+    let (index, mut nodes) = read
         .block(|s| {
             let nodes: Vec<_> = s
                 .nodes()
@@ -814,17 +807,9 @@ async fn catalog_nodes(sim: &Sim, req: &Req) -> Result<Reply, Reply> {
             (s.nodes_read_index(), nodes, Topic::Any)
         })
         .await;
-    let mut nodes = nodes;
     if let Some(source) = near_source(req, &read.dc) {
-        read.dc.peek(|s| {
-            if let Some(origin) = s.coordinate(&source) {
-                nodes.sort_by(|a, b| {
-                    let da = crate::model::compute_distance(Some(origin), s.coordinate(&a.node));
-                    let db = crate::model::compute_distance(Some(origin), s.coordinate(&b.node));
-                    da.total_cmp(&db)
-                });
-            }
-        });
+        read.dc
+            .peek(|s| sort_by_distance(s, &source, &mut nodes, |n| &n.node));
     }
     Ok(read.reply(req, index, &nodes))
 }

@@ -908,7 +908,7 @@ impl Sim {
             fastrand::shuffle(&mut nodes);
             let source = resolve_near(s, &dc, &query, opts);
             if let Some(source) = &source {
-                sort_by_distance(s, source, &mut nodes);
+                sort_by_distance(s, source, &mut nodes, |n| &n.node.node);
                 if let Some(pos) = nodes
                     .iter()
                     .take(10)
@@ -1037,15 +1037,21 @@ fn resolve_near(
     Some(node)
 }
 
-/// Stable-sorts `nodes` by RTT from `source`'s LAN coordinate; does
-/// nothing if the source has none. Nodes without coordinates go last.
-pub(crate) fn sort_by_distance(store: &Store, source: &str, nodes: &mut [CheckServiceNode]) {
+/// Stable-sorts `items` by RTT from `source`'s LAN coordinate, each item's
+/// node named by `node_of`; does nothing if the source has none. Nodes
+/// without coordinates go last.
+pub(crate) fn sort_by_distance<T>(
+    store: &Store,
+    source: &str,
+    items: &mut [T],
+    node_of: impl Fn(&T) -> &str,
+) {
     let Some(origin) = store.coordinate(source) else {
         return;
     };
-    nodes.sort_by(|a, b| {
-        let da = compute_distance(Some(origin), store.coordinate(&a.node.node));
-        let db = compute_distance(Some(origin), store.coordinate(&b.node.node));
+    items.sort_by(|a, b| {
+        let da = compute_distance(Some(origin), store.coordinate(node_of(a)));
+        let db = compute_distance(Some(origin), store.coordinate(node_of(b)));
         da.total_cmp(&db)
     });
 }
