@@ -5,9 +5,28 @@
 //! `<name>.query.consul` and `<svc>.service.consul` with the local healthy
 //! instances, failing over to another datacenter when the local one has none.
 //!
-//! This crate is being built issue by issue; so far it only carries its
-//! version. The Consul simulator its tests run against lives in
+//! # Layout
+//!
+//! ```text
+//! Consul HTTP ──► consul  (client, blocking watches, backoff)
+//!                   │ apply_service / apply_catalog
+//!                   ▼
+//!                 health  (immutable snapshots per (datacenter, service))
+//!                   │
+//!   config ───►   resolve (pure: question + view + policy → Answer)
+//!                   │
+//!                   ▼
+//!                 dns     (hickory-server on UDP and TCP)
+//! admin (HTTP: /health /ready /metrics)     app (wiring)     demo
+//! ```
+//!
+//! The Consul simulator the tests and the demo run against lives in
 //! `tests/consul-sim`, a separate crate that never depends on this one.
+
+pub mod config;
+pub mod consul;
+pub mod health;
+pub mod metrics;
 
 /// The version of this build, as Cargo knows it.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,682 @@
+//! Configuration: the TOML file of DESIGN §5, its defaults and validation.
+//!
+//! Every key is optional. Unknown keys are errors naming the file, the key
+//! and the keys allowed there. [`Config::from_toml_str`] is the test seam;
+//! [`Config::load`] reads a file.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The default DNS listen address.
+pub const DEFAULT_DNS_LISTEN: &str = "127.0.0.1:8600";
+/// The default admin HTTP listen address.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:8653";
+/// The default Consul HTTP address.
+pub const DEFAULT_CONSUL_ADDRESS: &str = "http://127.0.0.1:8500";
+/// The EDNS UDP payload advertised by default (DNS flag day 2020).
+pub const DEFAULT_UDP_PAYLOAD: u16 = 1232;
+
+/// A configuration error, naming the file and what is wrong in it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed or has unknown keys or wrong types.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file (or `<string>`).
+        path: String,
+        /// The parser's message, with line, key and allowed keys.
+        message: String,
+    },
+    /// A value is well-typed but not acceptable.
+    #[error("{path}: {key}: {message}")]
+    Invalid {
+        /// The file (or `<string>`).
+        path: String,
+        /// The key at fault, e.g. `query[2].failover.datacenters`.
+        key: String,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+}
+
+/// What to answer when no datacenter in the chain has a usable instance.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnAllUnhealthy {
+    /// NXDOMAIN, as Consul answers.
+    #[default]
+    Nxdomain,
+    /// SERVFAIL.
+    Servfail,
+    /// Every known instance of the first datacenter in the chain, health
+    /// ignored.
+    FailOpen,
+}
+
+/// `failover = { nearest_n, datacenters }`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Failover {
+    /// Try this many nearest datacenters (by RTT) after the local one.
+    pub nearest_n: usize,
+    /// Then these, in order (unknown, repeated and local ones skipped).
+    pub datacenters: Vec<String>,
+}
+
+/// `[dns]`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsConfig {
+    /// UDP and TCP listen addresses.
+    pub listen: Vec<SocketAddr>,
+    /// The zone served.
+    pub domain: String,
+    /// Further zones served with the same names.
+    pub alt_domains: Vec<String>,
+    /// TTL of positive answers unless a query sets its own.
+    #[serde(with = "duration")]
+    pub ttl: Duration,
+    /// SOA minimum, the TTL of negative answers.
+    #[serde(with = "duration")]
+    pub negative_ttl: Duration,
+    /// The EDNS UDP payload size advertised and used as the UDP limit.
+    pub udp_payload: u16,
+    /// At most this many answers per UDP response (0: no cap).
+    pub udp_answer_limit: usize,
+    /// How long a query may wait for data not yet synced.
+    #[serde(with = "duration")]
+    pub first_answer_wait: Duration,
+    /// Idle timeout of a TCP connection.
+    #[serde(with = "duration")]
+    pub tcp_idle_timeout: Duration,
+    /// Most TCP connections served at once.
+    pub tcp_max_connections: usize,
+    /// Where other names in the zone go (empty: NXDOMAIN).
+    pub upstream: String,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        Self {
+            listen: vec![DEFAULT_DNS_LISTEN.parse().expect("valid constant")],
+            domain: "consul".to_owned(),
+            alt_domains: Vec::new(),
+            ttl: Duration::ZERO,
+            negative_ttl: Duration::ZERO,
+            udp_payload: DEFAULT_UDP_PAYLOAD,
+            udp_answer_limit: 0,
+            first_answer_wait: Duration::from_secs(1),
+            tcp_idle_timeout: Duration::from_secs(10),
+            tcp_max_connections: 1024,
+            upstream: String::new(),
+        }
+    }
+}
+
+/// `[[consul.datacenters]]`: direct addresses for one datacenter.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatacenterAddresses {
+    /// The datacenter.
+    pub name: String,
+    /// Its Consul HTTP addresses, tried in order before the local agent.
+    pub addresses: Vec<String>,
+}
+
+/// `[consul]`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsulConfig {
+    /// The local agent's HTTP address.
+    pub address: String,
+    /// The local datacenter; empty asks the agent.
+    pub datacenter: String,
+    /// A file holding the ACL token.
+    pub token_file: String,
+    /// A PEM CA bundle for HTTPS.
+    pub ca_file: String,
+    /// The blocking-query wait.
+    #[serde(with = "duration")]
+    pub wait: Duration,
+    /// Use `?stale` reads.
+    pub stale: bool,
+    /// How long data may be used once its Consul stops answering.
+    #[serde(with = "duration")]
+    pub max_stale: Duration,
+    /// HTTP timeout of non-blocking requests (blocking ones add `wait`).
+    #[serde(with = "duration")]
+    pub timeout: Duration,
+    /// Stop an on-demand watch unused this long.
+    #[serde(with = "duration")]
+    pub watch_idle: Duration,
+    /// The most watches at once.
+    pub max_watches: usize,
+    /// Answer remote-DC instances with their WAN addresses.
+    pub translate_wan_addrs: bool,
+    /// Direct addresses per datacenter.
+    pub datacenters: Vec<DatacenterAddresses>,
+}
+
+impl Default for ConsulConfig {
+    fn default() -> Self {
+        Self {
+            address: DEFAULT_CONSUL_ADDRESS.to_owned(),
+            datacenter: String::new(),
+            token_file: String::new(),
+            ca_file: String::new(),
+            wait: Duration::from_secs(300),
+            stale: true,
+            max_stale: Duration::from_secs(72 * 3600),
+            timeout: Duration::from_secs(5),
+            watch_idle: Duration::from_secs(3600),
+            max_watches: 10_000,
+            translate_wan_addrs: false,
+            datacenters: Vec::new(),
+        }
+    }
+}
+
+/// `[queries.defaults]`: the policy of implicit queries and the defaults
+/// of `[[query]]`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Policy {
+    /// Serve only instances whose checks all pass.
+    pub only_passing: bool,
+    /// Fail over when fewer usable instances than this remain.
+    pub min_healthy: usize,
+    /// Return to a recovered datacenter only after it stayed healthy this
+    /// long.
+    #[serde(with = "duration")]
+    pub failback_after: Duration,
+    /// What to answer when nothing is usable anywhere.
+    pub on_all_unhealthy: OnAllUnhealthy,
+    /// The failover chain after the local datacenter.
+    pub failover: Failover,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            only_passing: false,
+            min_healthy: 1,
+            failback_after: Duration::ZERO,
+            on_all_unhealthy: OnAllUnhealthy::Nxdomain,
+            failover: Failover::default(),
+        }
+    }
+}
+
+/// `[queries]`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueriesConfig {
+    /// Serve Consul's prepared queries.
+    pub prepared: bool,
+    /// `<service>.query.consul` for any service.
+    pub implicit: bool,
+    /// Policy defaults.
+    pub defaults: Policy,
+}
+
+impl Default for QueriesConfig {
+    fn default() -> Self {
+        Self { prepared: true, implicit: true, defaults: Policy::default() }
+    }
+}
+
+/// `[[query]]` as written: policy keys left out take `[queries.defaults]`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueryConfig {
+    /// The name answered as `<name>.query.<domain>`.
+    pub name: String,
+    /// The Consul service (default: `name`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// Required tags; `!tag` excludes.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Checks that do not count.
+    #[serde(default)]
+    pub ignore_check_ids: Vec<String>,
+    /// Required node metadata.
+    #[serde(default)]
+    pub node_meta: BTreeMap<String, String>,
+    /// Required service metadata.
+    #[serde(default)]
+    pub service_meta: BTreeMap<String, String>,
+    /// TTL of this query's answers (default `dns.ttl`).
+    #[serde(default, with = "optional_duration", skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<Duration>,
+    /// Overrides `[queries.defaults].only_passing`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub only_passing: Option<bool>,
+    /// Overrides `[queries.defaults].min_healthy`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_healthy: Option<usize>,
+    /// Overrides `[queries.defaults].failback_after`.
+    #[serde(default, with = "optional_duration", skip_serializing_if = "Option::is_none")]
+    pub failback_after: Option<Duration>,
+    /// Overrides `[queries.defaults].on_all_unhealthy`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_all_unhealthy: Option<OnAllUnhealthy>,
+    /// Overrides `[queries.defaults].failover`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failover: Option<Failover>,
+}
+
+/// `[admin]`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// The admin HTTP address; empty turns it off.
+    pub listen: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self { listen: DEFAULT_ADMIN_LISTEN.to_owned() }
+    }
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[log]`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: LogFormat,
+}
+
+/// The whole configuration.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// `[dns]`.
+    pub dns: DnsConfig,
+    /// `[consul]`.
+    pub consul: ConsulConfig,
+    /// `[queries]`.
+    pub queries: QueriesConfig,
+    /// `[[query]]`.
+    pub query: Vec<QueryConfig>,
+    /// `[admin]`.
+    pub admin: AdminConfig,
+    /// `[log]`.
+    pub log: LogConfig,
+}
+
+/// A query with every policy value settled.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueryDef {
+    /// The query name.
+    pub name: String,
+    /// The Consul service.
+    pub service: String,
+    /// Required tags; `!tag` excludes.
+    pub tags: Vec<String>,
+    /// Checks that do not count.
+    pub ignore_check_ids: Vec<String>,
+    /// Required node metadata.
+    pub node_meta: BTreeMap<String, String>,
+    /// Required service metadata.
+    pub service_meta: BTreeMap<String, String>,
+    /// Answer TTL.
+    pub ttl: Duration,
+    /// Health policy and failover chain.
+    pub policy: Policy,
+}
+
+impl QueryDef {
+    /// The implicit query for a service: no filters, the defaults.
+    pub fn implicit(service: &str, defaults: &Policy, ttl: Duration) -> Self {
+        Self {
+            name: service.to_owned(),
+            service: service.to_owned(),
+            tags: Vec::new(),
+            ignore_check_ids: Vec::new(),
+            node_meta: BTreeMap::new(),
+            service_meta: BTreeMap::new(),
+            ttl,
+            policy: defaults.clone(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Self::from_toml_str(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates TOML text; `origin` names it in errors.
+    pub fn from_toml_str(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let config: Self = toml::from_str(text).map_err(|error| ConfigError::Parse {
+            path: origin.to_owned(),
+            message: error.to_string().trim_end().to_owned(),
+        })?;
+        config.validate(origin)?;
+        Ok(config)
+    }
+
+    /// The effective configuration as TOML.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_else(|error| format!("# cannot print: {error}\n"))
+    }
+
+    /// Every `[[query]]` with its policy settled.
+    pub fn query_defs(&self) -> Vec<QueryDef> {
+        self.query
+            .iter()
+            .map(|q| {
+                let d = &self.queries.defaults;
+                QueryDef {
+                    name: q.name.to_ascii_lowercase(),
+                    service: q.service.clone().unwrap_or_else(|| q.name.clone()),
+                    tags: q.tags.clone(),
+                    ignore_check_ids: q.ignore_check_ids.clone(),
+                    node_meta: q.node_meta.clone(),
+                    service_meta: q.service_meta.clone(),
+                    ttl: q.ttl.unwrap_or(self.dns.ttl),
+                    policy: Policy {
+                        only_passing: q.only_passing.unwrap_or(d.only_passing),
+                        min_healthy: q.min_healthy.unwrap_or(d.min_healthy),
+                        failback_after: q.failback_after.unwrap_or(d.failback_after),
+                        on_all_unhealthy: q.on_all_unhealthy.unwrap_or(d.on_all_unhealthy),
+                        failover: q.failover.clone().unwrap_or_else(|| d.failover.clone()),
+                    },
+                }
+            })
+            .collect()
+    }
+
+    /// Checks what serde cannot: ranges, names, addresses, duplicates.
+    pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            path: origin.to_owned(),
+            key: key.to_owned(),
+            message,
+        };
+        if self.dns.listen.is_empty() {
+            return Err(invalid(
+                "dns.listen",
+                "is empty; give at least one address, e.g. [\"127.0.0.1:8600\"]".into(),
+            ));
+        }
+        for (key, domain) in std::iter::once(("dns.domain", &self.dns.domain))
+            .chain(self.dns.alt_domains.iter().map(|d| ("dns.alt_domains", d)))
+        {
+            check_domain(domain).map_err(|m| invalid(key, m))?;
+        }
+        if self.dns.udp_payload < 512 {
+            return Err(invalid(
+                "dns.udp_payload",
+                format!("{} is below 512, the DNS minimum; use 1232", self.dns.udp_payload),
+            ));
+        }
+        if !self.dns.upstream.is_empty() && self.dns.upstream.parse::<SocketAddr>().is_err() {
+            return Err(invalid(
+                "dns.upstream",
+                format!("{:?} is not IP:PORT, e.g. \"127.0.0.1:8601\"", self.dns.upstream),
+            ));
+        }
+        if self.dns.tcp_max_connections == 0 {
+            return Err(invalid("dns.tcp_max_connections", "must be at least 1".into()));
+        }
+        check_url(&self.consul.address).map_err(|m| invalid("consul.address", m))?;
+        for (i, dc) in self.consul.datacenters.iter().enumerate() {
+            if dc.name.is_empty() {
+                return Err(invalid(&format!("consul.datacenters[{i}].name"), "is empty".into()));
+            }
+            for address in &dc.addresses {
+                check_url(address)
+                    .map_err(|m| invalid(&format!("consul.datacenters[{i}].addresses"), m))?;
+            }
+        }
+        if self.consul.wait.is_zero() {
+            return Err(invalid("consul.wait", "must be above 0s, e.g. \"5m\"".into()));
+        }
+        if self.consul.timeout.is_zero() {
+            return Err(invalid("consul.timeout", "must be above 0s, e.g. \"5s\"".into()));
+        }
+        if self.consul.max_watches == 0 {
+            return Err(invalid("consul.max_watches", "must be at least 1".into()));
+        }
+        if !self.admin.listen.is_empty() && self.admin.listen.parse::<SocketAddr>().is_err() {
+            return Err(invalid(
+                "admin.listen",
+                format!("{:?} is not IP:PORT (or \"\" for off)", self.admin.listen),
+            ));
+        }
+        check_policy(&self.queries.defaults.failover, self.queries.defaults.min_healthy)
+            .map_err(|(key, m)| invalid(&format!("queries.defaults.{key}"), m))?;
+        let mut names = HashSet::new();
+        for (i, q) in self.query.iter().enumerate() {
+            let key = |k: &str| format!("query[{i}].{k}");
+            check_query_name(&q.name).map_err(|m| invalid(&key("name"), m))?;
+            if !names.insert(q.name.to_ascii_lowercase()) {
+                return Err(invalid(
+                    &key("name"),
+                    format!("{:?} is defined twice; query names must be unique", q.name),
+                ));
+            }
+            if q.service.as_deref() == Some("") {
+                return Err(invalid(&key("service"), "is empty; leave it out to use name".into()));
+            }
+            let failover = q.failover.as_ref().unwrap_or(&self.queries.defaults.failover);
+            let min = q.min_healthy.unwrap_or(self.queries.defaults.min_healthy);
+            check_policy(failover, min).map_err(|(k, m)| invalid(&key(k), m))?;
+        }
+        Ok(())
+    }
+}
+
+fn check_domain(domain: &str) -> Result<(), String> {
+    let trimmed = domain.trim_end_matches('.');
+    if trimmed.is_empty()
+        || trimmed.split('.').any(|l| l.is_empty() || l.len() > 63)
+        || !trimmed.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+    {
+        return Err(format!("{domain:?} is not a DNS domain, e.g. \"consul\""));
+    }
+    Ok(())
+}
+
+fn check_url(address: &str) -> Result<(), String> {
+    match reqwest::Url::parse(address) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => Ok(()),
+        _ => Err(format!("{address:?} is not an http:// or https:// URL, e.g. \"http://127.0.0.1:8500\"")),
+    }
+}
+
+fn check_query_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("is empty".into());
+    }
+    if name.len() > 200
+        || name.split('.').any(|l| l.is_empty() || l.len() > 63)
+        || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    {
+        return Err(format!("{name:?} cannot be a DNS name; use letters, digits, '-', '_' and '.'"));
+    }
+    Ok(())
+}
+
+fn check_policy(failover: &Failover, min_healthy: usize) -> Result<(), (&'static str, String)> {
+    if min_healthy == 0 {
+        return Err(("min_healthy", "must be at least 1 (1 is Consul's behaviour)".into()));
+    }
+    let mut seen = HashSet::new();
+    for dc in &failover.datacenters {
+        if dc.is_empty() {
+            return Err(("failover.datacenters", "holds an empty name".into()));
+        }
+        if !seen.insert(dc) {
+            return Err(("failover.datacenters", format!("{dc:?} is listed twice")));
+        }
+    }
+    Ok(())
+}
+
+/// Durations as Go-like strings: `"0s"`, `"5m"`, `"72h"`, `"1m30s"`.
+mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(value: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format(*value))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        parse(&text).map_err(serde::de::Error::custom)
+    }
+
+    pub(super) fn parse(text: &str) -> Result<Duration, String> {
+        humantime::parse_duration(text.trim())
+            .map_err(|_| format!("{text:?} is not a duration; write e.g. \"0s\", \"500ms\", \"5m\", \"72h\""))
+    }
+
+    pub(super) fn format(value: Duration) -> String {
+        if value.is_zero() { "0s".to_owned() } else { humantime::format_duration(value).to_string().replace(' ', "") }
+    }
+}
+
+/// `Option<Duration>` in the same format.
+mod optional_duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(value: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(v) => s.serialize_str(&super::duration::format(*v)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let text = String::deserialize(d)?;
+        super::duration::parse(&text).map(Some).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml_str(text, "test.toml")
+    }
+
+    #[test]
+    fn empty_file_gives_the_documented_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c.dns.listen, vec!["127.0.0.1:8600".parse().unwrap()]);
+        assert_eq!(c.dns.domain, "consul");
+        assert_eq!(c.dns.udp_payload, 1232);
+        assert_eq!(c.dns.first_answer_wait, Duration::from_secs(1));
+        assert_eq!(c.consul.wait, Duration::from_secs(300));
+        assert_eq!(c.consul.max_stale, Duration::from_secs(72 * 3600));
+        assert!(c.consul.stale);
+        assert!(c.queries.implicit && c.queries.prepared);
+        assert_eq!(c.queries.defaults.min_healthy, 1);
+        assert_eq!(c.admin.listen, "127.0.0.1:8653");
+    }
+
+    #[test]
+    fn unknown_keys_name_the_file_the_key_and_the_choices() {
+        let e = parse("[dns]\nlisen = [\"127.0.0.1:53\"]\n").unwrap_err().to_string();
+        assert!(e.starts_with("test.toml: "), "{e}");
+        assert!(e.contains("lisen") && e.contains("listen"), "{e}");
+        let e = parse("[[query]]\nname = \"a\"\nfailover = { nearest = 1 }\n").unwrap_err().to_string();
+        assert!(e.contains("nearest") && e.contains("nearest_n"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let cases = [
+            ("[dns]\nttl = \"soon\"\n", "soon"),
+            ("[dns]\nudp_payload = 100\n", "dns.udp_payload"),
+            ("[dns]\ndomain = \"bad domain\"\n", "dns.domain"),
+            ("[consul]\naddress = \"127.0.0.1:8500\"\n", "consul.address"),
+            ("[admin]\nlisten = \"nowhere\"\n", "admin.listen"),
+            ("[queries.defaults]\nmin_healthy = 0\n", "queries.defaults.min_healthy"),
+            ("[queries.defaults]\non_all_unhealthy = \"panic\"\n", "fail-open"),
+            ("[[query]]\nname = \"a\"\n[[query]]\nname = \"A\"\n", "query[1].name"),
+            ("[[query]]\nname = \"a\"\nfailover = { datacenters = [\"dc2\", \"dc2\"] }\n", "query[0].failover.datacenters"),
+        ];
+        for (text, needle) in cases {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains(needle), "{text:?} gave {e:?}, expected it to mention {needle:?}");
+        }
+    }
+
+    #[test]
+    fn query_policy_falls_back_to_the_defaults() {
+        let c = parse(
+            "[dns]\nttl = \"5s\"\n[queries.defaults]\nonly_passing = true\nfailover = { nearest_n = 2 }\n\
+             [[query]]\nname = \"Grafana\"\nmin_healthy = 2\nttl = \"30s\"\n\
+             [[query]]\nname = \"logs\"\nservice = \"loki\"\nfailover = { datacenters = [\"dc2\"] }\n",
+        )
+        .unwrap();
+        let defs = c.query_defs();
+        assert_eq!(defs[0].name, "grafana");
+        assert_eq!(defs[0].service, "Grafana");
+        assert_eq!(defs[0].ttl, Duration::from_secs(30));
+        assert_eq!(defs[0].policy.min_healthy, 2);
+        assert!(defs[0].policy.only_passing);
+        assert_eq!(defs[0].policy.failover.nearest_n, 2);
+        assert_eq!(defs[1].service, "loki");
+        assert_eq!(defs[1].ttl, Duration::from_secs(5));
+        assert_eq!(defs[1].policy.failover, Failover { nearest_n: 0, datacenters: vec!["dc2".into()] });
+    }
+
+    #[test]
+    fn effective_config_round_trips() {
+        let c = parse("[consul]\nwait = \"1m30s\"\n[[query]]\nname = \"x\"\nttl = \"10s\"\n").unwrap();
+        let again = parse(&c.to_toml()).unwrap();
+        assert_eq!(c, again);
+        assert!(c.to_toml().contains("wait = \"1m30s\""), "{}", c.to_toml());
+    }
+
+    #[test]
+    fn every_shipped_config_parses() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+                seen += 1;
+            }
+        }
+        assert!(seen > 0, "no .toml files in {}", dir.display());
+    }
+}

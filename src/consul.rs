@@ -1,0 +1,1 @@
+//! Consul HTTP client and blocking watches (being written).

@@ -1,0 +1,396 @@
+//! The in-memory view of Consul service health.
+//!
+//! Each (datacenter, service) pair has its own slot holding an immutable
+//! [`ServiceHealth`] snapshot. A watch that sees a change builds a new
+//! snapshot and stores it into its slot: readers load whole snapshots
+//! without locks, and an update to one service never rebuilds another.
+//! The map of slots is itself an immutable map swapped atomically; it only
+//! changes when a watch for a new pair starts, which is rare.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use tokio::sync::Notify;
+
+/// The status of one Consul health check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum CheckStatus {
+    /// `passing`.
+    Passing,
+    /// `warning`.
+    Warning,
+    /// `critical`, and every status Consul may add that is not the other two
+    /// (maintenance checks are `critical`).
+    Critical,
+}
+
+impl CheckStatus {
+    /// Reads Consul's status string; anything unknown counts as critical.
+    pub fn from_consul(status: &str) -> Self {
+        match status {
+            "passing" => Self::Passing,
+            "warning" => Self::Warning,
+            _ => Self::Critical,
+        }
+    }
+}
+
+/// One health check of an instance, node-level or service-level.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Check {
+    /// `CheckID`.
+    pub id: String,
+    /// `Status`.
+    pub status: CheckStatus,
+}
+
+/// The addresses of an instance as seen from one side (LAN or WAN).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Addresses {
+    /// The IPv4 address, if any.
+    pub v4: Option<Ipv4Addr>,
+    /// The IPv6 address, if any.
+    pub v6: Option<Ipv6Addr>,
+    /// A host name, when the address Consul holds is not an IP.
+    pub hostname: Option<String>,
+}
+
+impl Addresses {
+    /// Addresses from a plain Consul address plus optional per-family
+    /// tagged addresses (`lan_ipv4`/`lan_ipv6` or `wan_ipv4`/`wan_ipv6`).
+    /// The tagged address wins for its family (reference §6.4).
+    pub fn from_consul(address: &str, tagged_v4: Option<&str>, tagged_v6: Option<&str>) -> Self {
+        let mut out = Self::default();
+        match address.parse::<IpAddr>() {
+            Ok(IpAddr::V4(ip)) => out.v4 = Some(ip),
+            Ok(IpAddr::V6(ip)) => out.v6 = Some(ip),
+            Err(_) if !address.is_empty() => out.hostname = Some(address.to_owned()),
+            Err(_) => {}
+        }
+        if let Some(Ok(ip)) = tagged_v4.map(str::parse::<Ipv4Addr>) {
+            out.v4 = Some(ip);
+        }
+        if let Some(Ok(ip)) = tagged_v6.map(str::parse::<Ipv6Addr>) {
+            out.v6 = Some(ip);
+        }
+        out
+    }
+
+    /// Whether no address at all is known.
+    pub fn is_empty(&self) -> bool {
+        self.v4.is_none() && self.v6.is_none() && self.hostname.is_none()
+    }
+}
+
+/// One service instance with its node and checks, as a
+/// `/v1/health/service` entry gives it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Instance {
+    /// The node name.
+    pub node: String,
+    /// The service ID.
+    pub service_id: String,
+    /// Addresses clients in the same datacenter use.
+    pub lan: Addresses,
+    /// Addresses clients in other datacenters use (`wan*` tagged
+    /// addresses); empty when none are tagged.
+    pub wan: Addresses,
+    /// Whether `lan` came from the service's own address (SRV targets then
+    /// use the `<hex>.addr` form) rather than the node's.
+    pub service_address: bool,
+    /// The service port.
+    pub port: u16,
+    /// The port for other datacenters (the service's `wan` tagged address).
+    pub wan_port: Option<u16>,
+    /// Service tags.
+    pub tags: Vec<String>,
+    /// Service metadata.
+    pub service_meta: BTreeMap<String, String>,
+    /// Node metadata.
+    pub node_meta: BTreeMap<String, String>,
+    /// `Weights.Passing`.
+    pub weight_passing: u16,
+    /// `Weights.Warning`.
+    pub weight_warning: u16,
+    /// Node and service checks.
+    pub checks: Vec<Check>,
+}
+
+impl Instance {
+    /// The aggregate status over the checks not ignored: critical if any is
+    /// critical, else warning if any warns, else passing (no checks is
+    /// passing, as in Consul).
+    pub fn status(&self, ignore_check_ids: &[String]) -> CheckStatus {
+        self.checks
+            .iter()
+            .filter(|check| !ignore_check_ids.iter().any(|id| *id == check.id))
+            .map(|check| check.status)
+            .max()
+            .unwrap_or(CheckStatus::Passing)
+    }
+}
+
+/// The health of one service in one datacenter at one Consul index.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServiceHealth {
+    /// The `X-Consul-Index` this snapshot was read at.
+    pub index: u64,
+    /// Every registered instance, healthy or not.
+    pub instances: Vec<Instance>,
+}
+
+/// What the view holds for one piece of data.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Data<T> {
+    /// Data synced from Consul.
+    Ready(T),
+    /// Nothing synced yet (no watch, or its first answer has not come).
+    Pending,
+}
+
+/// The services one datacenter's catalog lists.
+pub type Catalog = HashSet<String>;
+
+/// What resolution reads: the view, or a fixed map in tests.
+pub trait HealthLookup {
+    /// The datacenter the resolver treats as local.
+    fn local_datacenter(&self) -> Arc<String>;
+    /// Every known datacenter, nearest first by RTT, the local one included
+    /// (the order of `/v1/catalog/datacenters`).
+    fn datacenters(&self) -> Arc<Vec<String>>;
+    /// The health of `service` in `datacenter`.
+    fn service(&self, datacenter: &str, service: &str) -> Data<Arc<ServiceHealth>>;
+    /// The service names `datacenter` has.
+    fn catalog(&self, datacenter: &str) -> Data<Arc<Catalog>>;
+}
+
+/// A (datacenter, service) pair.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceKey {
+    /// The datacenter.
+    pub datacenter: String,
+    /// The service name.
+    pub service: String,
+}
+
+impl ServiceKey {
+    /// A key from borrowed names.
+    pub fn new(datacenter: &str, service: &str) -> Self {
+        Self { datacenter: datacenter.to_owned(), service: service.to_owned() }
+    }
+}
+
+type Slot<T> = Arc<ArcSwapOption<T>>;
+
+/// The shared, always-current health view.
+pub struct HealthView {
+    local: ArcSwap<String>,
+    datacenters: ArcSwap<Vec<String>>,
+    services: ArcSwap<HashMap<ServiceKey, Slot<ServiceHealth>>>,
+    catalogs: ArcSwap<HashMap<String, Slot<Catalog>>>,
+    /// Serialises the rare rebuilds of the slot maps.
+    grow: Mutex<()>,
+    changed: Notify,
+}
+
+impl std::fmt::Debug for HealthView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HealthView")
+            .field("local", &&*self.local.load_full())
+            .field("services", &self.services.load().len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl HealthView {
+    /// An empty view for the given local datacenter.
+    pub fn new(local: &str) -> Self {
+        Self {
+            local: ArcSwap::from_pointee(local.to_owned()),
+            datacenters: ArcSwap::from_pointee(vec![local.to_owned()]),
+            services: ArcSwap::default(),
+            catalogs: ArcSwap::default(),
+            grow: Mutex::new(()),
+            changed: Notify::new(),
+        }
+    }
+
+    /// Sets the local datacenter (learnt from the agent at start-up).
+    pub fn set_local_datacenter(&self, local: &str) {
+        self.local.store(Arc::new(local.to_owned()));
+        self.changed.notify_waiters();
+    }
+
+    /// Replaces the datacenter list (nearest first, local included).
+    pub fn set_datacenters(&self, datacenters: Vec<String>) {
+        if **self.datacenters.load() != datacenters {
+            self.datacenters.store(Arc::new(datacenters));
+            self.changed.notify_waiters();
+        }
+    }
+
+    /// Whether a slot exists for the pair (a watch was started for it).
+    pub fn has_service_slot(&self, key: &ServiceKey) -> bool {
+        self.services.load().contains_key(key)
+    }
+
+    /// Creates the slot for a pair if it does not exist yet; returns
+    /// whether it was created.
+    pub fn add_service_slot(&self, key: &ServiceKey) -> bool {
+        let _guard = self.grow.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let current = self.services.load();
+        if current.contains_key(key) {
+            return false;
+        }
+        let mut next = HashMap::clone(&current);
+        next.insert(key.clone(), Slot::default());
+        self.services.store(Arc::new(next));
+        true
+    }
+
+    /// Removes a pair's slot (its watch stopped).
+    pub fn remove_service_slot(&self, key: &ServiceKey) {
+        let _guard = self.grow.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let current = self.services.load();
+        if current.contains_key(key) {
+            let mut next = HashMap::clone(&current);
+            next.remove(key);
+            self.services.store(Arc::new(next));
+        }
+    }
+
+    /// Stores a new snapshot for a pair, creating its slot if needed.
+    pub fn apply_service(&self, key: &ServiceKey, health: ServiceHealth) {
+        self.add_service_slot(key);
+        if let Some(slot) = self.services.load().get(key) {
+            slot.store(Some(Arc::new(health)));
+        }
+        self.changed.notify_waiters();
+    }
+
+    /// Stores a datacenter's catalog of service names.
+    pub fn apply_catalog(&self, datacenter: &str, services: Catalog) {
+        let exists = self.catalogs.load().contains_key(datacenter);
+        if !exists {
+            let _guard = self.grow.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let current = self.catalogs.load();
+            if !current.contains_key(datacenter) {
+                let mut next = HashMap::clone(&current);
+                next.insert(datacenter.to_owned(), Slot::default());
+                self.catalogs.store(Arc::new(next));
+            }
+        }
+        if let Some(slot) = self.catalogs.load().get(datacenter) {
+            slot.store(Some(Arc::new(services)));
+        }
+        self.changed.notify_waiters();
+    }
+
+    /// Every pair that has a slot, synced or not.
+    pub fn service_keys(&self) -> Vec<ServiceKey> {
+        self.services.load().keys().cloned().collect()
+    }
+
+    /// Waits until the view next changes. Register interest first with
+    /// [`HealthView::changed`] to avoid missing a change.
+    pub fn changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.changed.notified()
+    }
+}
+
+impl HealthLookup for HealthView {
+    fn local_datacenter(&self) -> Arc<String> {
+        self.local.load_full()
+    }
+
+    fn datacenters(&self) -> Arc<Vec<String>> {
+        self.datacenters.load_full()
+    }
+
+    fn service(&self, datacenter: &str, service: &str) -> Data<Arc<ServiceHealth>> {
+        let key = ServiceKey::new(datacenter, service);
+        match self.services.load().get(&key).and_then(|slot| slot.load_full()) {
+            Some(health) => Data::Ready(health),
+            None => Data::Pending,
+        }
+    }
+
+    fn catalog(&self, datacenter: &str) -> Data<Arc<Catalog>> {
+        match self.catalogs.load().get(datacenter).and_then(|slot| slot.load_full()) {
+            Some(catalog) => Data::Ready(catalog),
+            None => Data::Pending,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(id: &str, status: CheckStatus) -> Check {
+        Check { id: id.to_owned(), status }
+    }
+
+    #[test]
+    fn tagged_addresses_win_per_family() {
+        let a = Addresses::from_consul("10.0.0.1", Some("10.0.0.2"), Some("fd00::2"));
+        assert_eq!(a.v4, Some(Ipv4Addr::new(10, 0, 0, 2)));
+        assert_eq!(a.v6, Some("fd00::2".parse().unwrap()));
+        assert_eq!(a.hostname, None);
+        let h = Addresses::from_consul("grafana.example.com", None, Some("junk"));
+        assert_eq!(h.hostname.as_deref(), Some("grafana.example.com"));
+        assert_eq!(h.v6, None);
+        assert!(Addresses::from_consul("", None, None).is_empty());
+    }
+
+    #[test]
+    fn status_is_the_worst_check_not_ignored() {
+        let mut i = Instance {
+            node: "n".into(),
+            service_id: "s".into(),
+            lan: Addresses::default(),
+            wan: Addresses::default(),
+            service_address: false,
+            port: 1,
+            wan_port: None,
+            tags: vec![],
+            service_meta: BTreeMap::new(),
+            node_meta: BTreeMap::new(),
+            weight_passing: 1,
+            weight_warning: 1,
+            checks: vec![],
+        };
+        assert_eq!(i.status(&[]), CheckStatus::Passing);
+        i.checks = vec![check("serfHealth", CheckStatus::Passing), check("svc", CheckStatus::Warning)];
+        assert_eq!(i.status(&[]), CheckStatus::Warning);
+        i.checks.push(check("flaky", CheckStatus::Critical));
+        assert_eq!(i.status(&[]), CheckStatus::Critical);
+        assert_eq!(i.status(&["flaky".to_owned()]), CheckStatus::Warning);
+        assert_eq!(CheckStatus::from_consul("maintenance"), CheckStatus::Critical);
+    }
+
+    #[test]
+    fn view_slots_hold_snapshots_per_pair() {
+        let view = HealthView::new("dc1");
+        let key = ServiceKey::new("dc1", "grafana");
+        assert_eq!(view.service("dc1", "grafana"), Data::Pending);
+        assert!(view.add_service_slot(&key));
+        assert!(!view.add_service_slot(&key));
+        assert_eq!(view.service("dc1", "grafana"), Data::Pending);
+        view.apply_service(&key, ServiceHealth { index: 7, instances: vec![] });
+        let other = ServiceKey::new("dc2", "grafana");
+        view.apply_service(&other, ServiceHealth { index: 9, instances: vec![] });
+        match view.service("dc1", "grafana") {
+            Data::Ready(h) => assert_eq!(h.index, 7),
+            Data::Pending => panic!("dc1 grafana should be synced"),
+        }
+        assert_eq!(view.catalog("dc1"), Data::Pending);
+        view.apply_catalog("dc1", ["grafana".to_owned()].into());
+        assert!(matches!(view.catalog("dc1"), Data::Ready(c) if c.contains("grafana")));
+        view.remove_service_slot(&key);
+        assert_eq!(view.service("dc1", "grafana"), Data::Pending);
+        assert_eq!(view.service_keys(), vec![other]);
+    }
+}
