@@ -233,7 +233,11 @@ pub struct QueriesConfig {
 
 impl Default for QueriesConfig {
     fn default() -> Self {
-        Self { prepared: true, implicit: true, defaults: Policy::default() }
+        Self {
+            prepared: true,
+            implicit: true,
+            defaults: Policy::default(),
+        }
     }
 }
 
@@ -259,7 +263,11 @@ pub struct QueryConfig {
     #[serde(default)]
     pub service_meta: BTreeMap<String, String>,
     /// TTL of this query's answers (default `dns.ttl`).
-    #[serde(default, with = "optional_duration", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        with = "optional_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub ttl: Option<Duration>,
     /// Overrides `[queries.defaults].only_passing`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -268,7 +276,11 @@ pub struct QueryConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_healthy: Option<usize>,
     /// Overrides `[queries.defaults].failback_after`.
-    #[serde(default, with = "optional_duration", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        with = "optional_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub failback_after: Option<Duration>,
     /// Overrides `[queries.defaults].on_all_unhealthy`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -288,7 +300,9 @@ pub struct AdminConfig {
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        Self { listen: DEFAULT_ADMIN_LISTEN.to_owned() }
+        Self {
+            listen: DEFAULT_ADMIN_LISTEN.to_owned(),
+        }
     }
 }
 
@@ -369,8 +383,10 @@ impl QueryDef {
 impl Config {
     /// Reads and validates a file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         Self::from_toml_str(&text, &path.display().to_string())
     }
 
@@ -436,22 +452,34 @@ impl Config {
         if self.dns.udp_payload < 512 {
             return Err(invalid(
                 "dns.udp_payload",
-                format!("{} is below 512, the DNS minimum; use 1232", self.dns.udp_payload),
+                format!(
+                    "{} is below 512, the DNS minimum; use 1232",
+                    self.dns.udp_payload
+                ),
             ));
         }
         if !self.dns.upstream.is_empty() && self.dns.upstream.parse::<SocketAddr>().is_err() {
             return Err(invalid(
                 "dns.upstream",
-                format!("{:?} is not IP:PORT, e.g. \"127.0.0.1:8601\"", self.dns.upstream),
+                format!(
+                    "{:?} is not IP:PORT, e.g. \"127.0.0.1:8601\"",
+                    self.dns.upstream
+                ),
             ));
         }
         if self.dns.tcp_max_connections == 0 {
-            return Err(invalid("dns.tcp_max_connections", "must be at least 1".into()));
+            return Err(invalid(
+                "dns.tcp_max_connections",
+                "must be at least 1".into(),
+            ));
         }
         check_url(&self.consul.address).map_err(|m| invalid("consul.address", m))?;
         for (i, dc) in self.consul.datacenters.iter().enumerate() {
             if dc.name.is_empty() {
-                return Err(invalid(&format!("consul.datacenters[{i}].name"), "is empty".into()));
+                return Err(invalid(
+                    &format!("consul.datacenters[{i}].name"),
+                    "is empty".into(),
+                ));
             }
             for address in &dc.addresses {
                 check_url(address)
@@ -459,10 +487,16 @@ impl Config {
             }
         }
         if self.consul.wait.is_zero() {
-            return Err(invalid("consul.wait", "must be above 0s, e.g. \"5m\"".into()));
+            return Err(invalid(
+                "consul.wait",
+                "must be above 0s, e.g. \"5m\"".into(),
+            ));
         }
         if self.consul.timeout.is_zero() {
-            return Err(invalid("consul.timeout", "must be above 0s, e.g. \"5s\"".into()));
+            return Err(invalid(
+                "consul.timeout",
+                "must be above 0s, e.g. \"5s\"".into(),
+            ));
         }
         if self.consul.max_watches == 0 {
             return Err(invalid("consul.max_watches", "must be at least 1".into()));
@@ -473,8 +507,11 @@ impl Config {
                 format!("{:?} is not IP:PORT (or \"\" for off)", self.admin.listen),
             ));
         }
-        check_policy(&self.queries.defaults.failover, self.queries.defaults.min_healthy)
-            .map_err(|(key, m)| invalid(&format!("queries.defaults.{key}"), m))?;
+        check_policy(
+            &self.queries.defaults.failover,
+            self.queries.defaults.min_healthy,
+        )
+        .map_err(|(key, m)| invalid(&format!("queries.defaults.{key}"), m))?;
         let mut names = HashSet::new();
         for (i, q) in self.query.iter().enumerate() {
             let key = |k: &str| format!("query[{i}].{k}");
@@ -486,9 +523,15 @@ impl Config {
                 ));
             }
             if q.service.as_deref() == Some("") {
-                return Err(invalid(&key("service"), "is empty; leave it out to use name".into()));
+                return Err(invalid(
+                    &key("service"),
+                    "is empty; leave it out to use name".into(),
+                ));
             }
-            let failover = q.failover.as_ref().unwrap_or(&self.queries.defaults.failover);
+            let failover = q
+                .failover
+                .as_ref()
+                .unwrap_or(&self.queries.defaults.failover);
             let min = q.min_healthy.unwrap_or(self.queries.defaults.min_healthy);
             check_policy(failover, min).map_err(|(k, m)| invalid(&key(k), m))?;
         }
@@ -500,7 +543,9 @@ fn check_domain(domain: &str) -> Result<(), String> {
     let trimmed = domain.trim_end_matches('.');
     if trimmed.is_empty()
         || trimmed.split('.').any(|l| l.is_empty() || l.len() > 63)
-        || !trimmed.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        || !trimmed
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
     {
         return Err(format!("{domain:?} is not a DNS domain, e.g. \"consul\""));
     }
@@ -510,7 +555,9 @@ fn check_domain(domain: &str) -> Result<(), String> {
 fn check_url(address: &str) -> Result<(), String> {
     match reqwest::Url::parse(address) {
         Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => Ok(()),
-        _ => Err(format!("{address:?} is not an http:// or https:// URL, e.g. \"http://127.0.0.1:8500\"")),
+        _ => Err(format!(
+            "{address:?} is not an http:// or https:// URL, e.g. \"http://127.0.0.1:8500\""
+        )),
     }
 }
 
@@ -520,16 +567,23 @@ fn check_query_name(name: &str) -> Result<(), String> {
     }
     if name.len() > 200
         || name.split('.').any(|l| l.is_empty() || l.len() > 63)
-        || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
     {
-        return Err(format!("{name:?} cannot be a DNS name; use letters, digits, '-', '_' and '.'"));
+        return Err(format!(
+            "{name:?} cannot be a DNS name; use letters, digits, '-', '_' and '.'"
+        ));
     }
     Ok(())
 }
 
 fn check_policy(failover: &Failover, min_healthy: usize) -> Result<(), (&'static str, String)> {
     if min_healthy == 0 {
-        return Err(("min_healthy", "must be at least 1 (1 is Consul's behaviour)".into()));
+        return Err((
+            "min_healthy",
+            "must be at least 1 (1 is Consul's behaviour)".into(),
+        ));
     }
     let mut seen = HashSet::new();
     for dc in &failover.datacenters {
@@ -559,12 +613,19 @@ mod duration {
     }
 
     pub(super) fn parse(text: &str) -> Result<Duration, String> {
-        humantime::parse_duration(text.trim())
-            .map_err(|_| format!("{text:?} is not a duration; write e.g. \"0s\", \"500ms\", \"5m\", \"72h\""))
+        humantime::parse_duration(text.trim()).map_err(|_| {
+            format!("{text:?} is not a duration; write e.g. \"0s\", \"500ms\", \"5m\", \"72h\"")
+        })
     }
 
     pub(super) fn format(value: Duration) -> String {
-        if value.is_zero() { "0s".to_owned() } else { humantime::format_duration(value).to_string().replace(' ', "") }
+        if value.is_zero() {
+            "0s".to_owned()
+        } else {
+            humantime::format_duration(value)
+                .to_string()
+                .replace(' ', "")
+        }
     }
 }
 
@@ -574,16 +635,23 @@ mod optional_duration {
 
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub(super) fn serialize<S: Serializer>(value: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    pub(super) fn serialize<S: Serializer>(
+        value: &Option<Duration>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
         match value {
             Some(v) => s.serialize_str(&super::duration::format(*v)),
             None => s.serialize_none(),
         }
     }
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
         let text = String::deserialize(d)?;
-        super::duration::parse(&text).map(Some).map_err(serde::de::Error::custom)
+        super::duration::parse(&text)
+            .map(Some)
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -612,10 +680,14 @@ mod tests {
 
     #[test]
     fn unknown_keys_name_the_file_the_key_and_the_choices() {
-        let e = parse("[dns]\nlisen = [\"127.0.0.1:53\"]\n").unwrap_err().to_string();
+        let e = parse("[dns]\nlisen = [\"127.0.0.1:53\"]\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("test.toml: "), "{e}");
         assert!(e.contains("lisen") && e.contains("listen"), "{e}");
-        let e = parse("[[query]]\nname = \"a\"\nfailover = { nearest = 1 }\n").unwrap_err().to_string();
+        let e = parse("[[query]]\nname = \"a\"\nfailover = { nearest = 1 }\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("nearest") && e.contains("nearest_n"), "{e}");
     }
 
@@ -627,14 +699,29 @@ mod tests {
             ("[dns]\ndomain = \"bad domain\"\n", "dns.domain"),
             ("[consul]\naddress = \"127.0.0.1:8500\"\n", "consul.address"),
             ("[admin]\nlisten = \"nowhere\"\n", "admin.listen"),
-            ("[queries.defaults]\nmin_healthy = 0\n", "queries.defaults.min_healthy"),
-            ("[queries.defaults]\non_all_unhealthy = \"panic\"\n", "fail-open"),
-            ("[[query]]\nname = \"a\"\n[[query]]\nname = \"A\"\n", "query[1].name"),
-            ("[[query]]\nname = \"a\"\nfailover = { datacenters = [\"dc2\", \"dc2\"] }\n", "query[0].failover.datacenters"),
+            (
+                "[queries.defaults]\nmin_healthy = 0\n",
+                "queries.defaults.min_healthy",
+            ),
+            (
+                "[queries.defaults]\non_all_unhealthy = \"panic\"\n",
+                "fail-open",
+            ),
+            (
+                "[[query]]\nname = \"a\"\n[[query]]\nname = \"A\"\n",
+                "query[1].name",
+            ),
+            (
+                "[[query]]\nname = \"a\"\nfailover = { datacenters = [\"dc2\", \"dc2\"] }\n",
+                "query[0].failover.datacenters",
+            ),
         ];
         for (text, needle) in cases {
             let e = parse(text).unwrap_err().to_string();
-            assert!(e.contains(needle), "{text:?} gave {e:?}, expected it to mention {needle:?}");
+            assert!(
+                e.contains(needle),
+                "{text:?} gave {e:?}, expected it to mention {needle:?}"
+            );
         }
     }
 
@@ -655,12 +742,19 @@ mod tests {
         assert_eq!(defs[0].policy.failover.nearest_n, 2);
         assert_eq!(defs[1].service, "loki");
         assert_eq!(defs[1].ttl, Duration::from_secs(5));
-        assert_eq!(defs[1].policy.failover, Failover { nearest_n: 0, datacenters: vec!["dc2".into()] });
+        assert_eq!(
+            defs[1].policy.failover,
+            Failover {
+                nearest_n: 0,
+                datacenters: vec!["dc2".into()]
+            }
+        );
     }
 
     #[test]
     fn effective_config_round_trips() {
-        let c = parse("[consul]\nwait = \"1m30s\"\n[[query]]\nname = \"x\"\nttl = \"10s\"\n").unwrap();
+        let c =
+            parse("[consul]\nwait = \"1m30s\"\n[[query]]\nname = \"x\"\nttl = \"10s\"\n").unwrap();
         let again = parse(&c.to_toml()).unwrap();
         assert_eq!(c, again);
         assert!(c.to_toml().contains("wait = \"1m30s\""), "{}", c.to_toml());

@@ -125,7 +125,7 @@ impl Instance {
     pub fn status(&self, ignore_check_ids: &[String]) -> CheckStatus {
         self.checks
             .iter()
-            .filter(|check| !ignore_check_ids.iter().any(|id| *id == check.id))
+            .filter(|check| !ignore_check_ids.contains(&check.id))
             .map(|check| check.status)
             .max()
             .unwrap_or(CheckStatus::Passing)
@@ -178,7 +178,10 @@ pub struct ServiceKey {
 impl ServiceKey {
     /// A key from borrowed names.
     pub fn new(datacenter: &str, service: &str) -> Self {
-        Self { datacenter: datacenter.to_owned(), service: service.to_owned() }
+        Self {
+            datacenter: datacenter.to_owned(),
+            service: service.to_owned(),
+        }
     }
 }
 
@@ -239,7 +242,10 @@ impl HealthView {
     /// Creates the slot for a pair if it does not exist yet; returns
     /// whether it was created.
     pub fn add_service_slot(&self, key: &ServiceKey) -> bool {
-        let _guard = self.grow.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _guard = self
+            .grow
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let current = self.services.load();
         if current.contains_key(key) {
             return false;
@@ -252,7 +258,10 @@ impl HealthView {
 
     /// Removes a pair's slot (its watch stopped).
     pub fn remove_service_slot(&self, key: &ServiceKey) {
-        let _guard = self.grow.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _guard = self
+            .grow
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let current = self.services.load();
         if current.contains_key(key) {
             let mut next = HashMap::clone(&current);
@@ -274,7 +283,10 @@ impl HealthView {
     pub fn apply_catalog(&self, datacenter: &str, services: Catalog) {
         let exists = self.catalogs.load().contains_key(datacenter);
         if !exists {
-            let _guard = self.grow.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let _guard = self
+                .grow
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             let current = self.catalogs.load();
             if !current.contains_key(datacenter) {
                 let mut next = HashMap::clone(&current);
@@ -311,14 +323,24 @@ impl HealthLookup for HealthView {
 
     fn service(&self, datacenter: &str, service: &str) -> Data<Arc<ServiceHealth>> {
         let key = ServiceKey::new(datacenter, service);
-        match self.services.load().get(&key).and_then(|slot| slot.load_full()) {
+        match self
+            .services
+            .load()
+            .get(&key)
+            .and_then(|slot| slot.load_full())
+        {
             Some(health) => Data::Ready(health),
             None => Data::Pending,
         }
     }
 
     fn catalog(&self, datacenter: &str) -> Data<Arc<Catalog>> {
-        match self.catalogs.load().get(datacenter).and_then(|slot| slot.load_full()) {
+        match self
+            .catalogs
+            .load()
+            .get(datacenter)
+            .and_then(|slot| slot.load_full())
+        {
             Some(catalog) => Data::Ready(catalog),
             None => Data::Pending,
         }
@@ -330,7 +352,10 @@ mod tests {
     use super::*;
 
     fn check(id: &str, status: CheckStatus) -> Check {
-        Check { id: id.to_owned(), status }
+        Check {
+            id: id.to_owned(),
+            status,
+        }
     }
 
     #[test]
@@ -363,12 +388,18 @@ mod tests {
             checks: vec![],
         };
         assert_eq!(i.status(&[]), CheckStatus::Passing);
-        i.checks = vec![check("serfHealth", CheckStatus::Passing), check("svc", CheckStatus::Warning)];
+        i.checks = vec![
+            check("serfHealth", CheckStatus::Passing),
+            check("svc", CheckStatus::Warning),
+        ];
         assert_eq!(i.status(&[]), CheckStatus::Warning);
         i.checks.push(check("flaky", CheckStatus::Critical));
         assert_eq!(i.status(&[]), CheckStatus::Critical);
         assert_eq!(i.status(&["flaky".to_owned()]), CheckStatus::Warning);
-        assert_eq!(CheckStatus::from_consul("maintenance"), CheckStatus::Critical);
+        assert_eq!(
+            CheckStatus::from_consul("maintenance"),
+            CheckStatus::Critical
+        );
     }
 
     #[test]
@@ -379,9 +410,21 @@ mod tests {
         assert!(view.add_service_slot(&key));
         assert!(!view.add_service_slot(&key));
         assert_eq!(view.service("dc1", "grafana"), Data::Pending);
-        view.apply_service(&key, ServiceHealth { index: 7, instances: vec![] });
+        view.apply_service(
+            &key,
+            ServiceHealth {
+                index: 7,
+                instances: vec![],
+            },
+        );
         let other = ServiceKey::new("dc2", "grafana");
-        view.apply_service(&other, ServiceHealth { index: 9, instances: vec![] });
+        view.apply_service(
+            &other,
+            ServiceHealth {
+                index: 9,
+                instances: vec![],
+            },
+        );
         match view.service("dc1", "grafana") {
             Data::Ready(h) => assert_eq!(h.index, 7),
             Data::Pending => panic!("dc1 grafana should be synced"),

@@ -23,10 +23,15 @@
 //! The Consul simulator the tests and the demo run against lives in
 //! `tests/consul-sim`, a separate crate that never depends on this one.
 
+pub mod admin;
+pub mod app;
 pub mod config;
 pub mod consul;
+pub mod demo;
+pub mod dns;
 pub mod health;
 pub mod metrics;
+pub mod resolve;
 
 /// The version of this build, as Cargo knows it.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -24,7 +24,10 @@ impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         let queries = IntCounterVec::new(
-            Opts::new("consul_dns_queries_total", "DNS queries answered, by response code and kind of name."),
+            Opts::new(
+                "consul_dns_queries_total",
+                "DNS queries answered, by response code and kind of name.",
+            ),
             &["rcode", "kind"],
         )
         .expect("valid metric");
@@ -37,11 +40,15 @@ impl Metrics {
         )
         .expect("valid metric");
         let watch_errors = IntCounterVec::new(
-            Opts::new("consul_dns_watch_errors_total", "Failed Consul requests of watches, by datacenter."),
+            Opts::new(
+                "consul_dns_watch_errors_total",
+                "Failed Consul requests of watches, by datacenter.",
+            ),
             &["datacenter"],
         )
         .expect("valid metric");
-        let watches = IntGauge::new("consul_dns_watches", "Consul blocking watches running.").expect("valid metric");
+        let watches = IntGauge::new("consul_dns_watches", "Consul blocking watches running.")
+            .expect("valid metric");
         for metric in [
             Box::new(queries.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(remote_answers.clone()),
@@ -50,7 +57,13 @@ impl Metrics {
         ] {
             registry.register(metric).expect("names are unique");
         }
-        Self { registry, queries, remote_answers, watch_errors, watches }
+        Self {
+            registry,
+            queries,
+            remote_answers,
+            watch_errors,
+            watches,
+        }
     }
 
     /// Counts one answered query.
@@ -100,10 +113,22 @@ mod tests {
         m.watch_error("dc1");
         m.set_watches(3);
         let text = m.render();
-        assert!(text.contains("# TYPE consul_dns_queries_total counter"), "{text}");
-        assert!(text.contains("consul_dns_queries_total{kind=\"query\",rcode=\"NOERROR\"} 2"), "{text}");
-        assert!(text.contains("consul_dns_remote_answers_total{datacenter=\"dc2\"} 1"), "{text}");
-        assert!(text.contains("consul_dns_watch_errors_total{datacenter=\"dc1\"} 1"), "{text}");
+        assert!(
+            text.contains("# TYPE consul_dns_queries_total counter"),
+            "{text}"
+        );
+        assert!(
+            text.contains("consul_dns_queries_total{kind=\"query\",rcode=\"NOERROR\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("consul_dns_remote_answers_total{datacenter=\"dc2\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("consul_dns_watch_errors_total{datacenter=\"dc1\"} 1"),
+            "{text}"
+        );
         assert!(text.contains("consul_dns_watches 3"), "{text}");
         assert_eq!(m.watch_errors("dc1"), 1);
     }

@@ -1,1 +1,0 @@
-//! Consul HTTP client and blocking watches (being written).

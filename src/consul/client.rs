@@ -1,0 +1,991 @@
+//! The Consul HTTP client: one request per call, with the token, TLS,
+//! timeouts and the choice of address per datacenter.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::path::Path;
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use reqwest::Url;
+use reqwest::header::HeaderValue;
+use tokio::time::Instant;
+
+use super::{ConsulError, MAX_ERROR_BODY, api};
+use crate::config::{ConsulConfig, DEFAULT_CONSUL_ADDRESS};
+use crate::health::Instance;
+
+/// The header carrying the ACL token.
+pub const TOKEN_HEADER: &str = "X-Consul-Token";
+/// The header carrying a read's Raft index.
+pub const INDEX_HEADER: &str = "X-Consul-Index";
+/// The header an agent with `translate_wan_addrs` sets on every answer.
+pub const TRANSLATE_HEADER: &str = "X-Consul-Translate-Addresses";
+/// How long a direct datacenter address that failed at the network level
+/// is tried only after the others.
+pub const AVOID_FAILED_ADDRESS_FOR: Duration = Duration::from_secs(30);
+
+/// Formats a wait the way Consul parses it (Go's `time.ParseDuration`):
+/// whole seconds as `300s`, anything finer in milliseconds (`1500ms`).
+pub fn format_wait(wait: Duration) -> String {
+    if wait.subsec_nanos() == 0 {
+        format!("{}s", wait.as_secs())
+    } else {
+        format!("{}ms", wait.as_millis().max(1))
+    }
+}
+
+/// One HTTP answer that passed the status check.
+struct Reply {
+    /// The URL asked, for decode errors.
+    url: String,
+    /// `X-Consul-Index`, 0 when missing or unreadable.
+    index: u64,
+    /// Whether `X-Consul-Translate-Addresses: true` came with it.
+    translate_header: bool,
+    /// Whether the local agent answered (not a direct address).
+    via_agent: bool,
+    /// The body.
+    body: Bytes,
+}
+
+/// A client of the local Consul agent and of the direct addresses of
+/// remote datacenters. Cheap to share behind an `Arc`; every method is one
+/// request (or one per address tried).
+pub struct ConsulClient {
+    /// The HTTP client (rustls, connection pool).
+    http: reqwest::Client,
+    /// The local agent.
+    agent: Url,
+    /// Direct addresses per datacenter, tried before the agent.
+    direct: HashMap<String, Vec<Url>>,
+    /// The ACL token, marked sensitive.
+    token: Option<HeaderValue>,
+    /// The blocking-query wait.
+    wait: Duration,
+    /// Whether reads carry `?stale`.
+    stale: bool,
+    /// The timeout of non-blocking requests and the slack of blocking ones.
+    timeout: Duration,
+    /// Direct addresses that failed at the network level, until when they
+    /// go after the others.
+    avoid: Mutex<HashMap<Url, Instant>>,
+}
+
+impl fmt::Debug for ConsulClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let direct: HashMap<&str, Vec<String>> = self
+            .direct
+            .iter()
+            .map(|(dc, urls)| (dc.as_str(), urls.iter().map(shown_url).collect()))
+            .collect();
+        f.debug_struct("ConsulClient")
+            .field("agent", &shown_url(&self.agent))
+            .field("direct", &direct)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("wait", &self.wait)
+            .field("stale", &self.stale)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ConsulClient {
+    /// Builds a client from the `[consul]` section and the process
+    /// environment (see [`with_env`](Self::with_env)).
+    pub fn new(config: &ConsulConfig) -> Result<Self, ConsulError> {
+        Self::with_env(config, |name| std::env::var(name).ok())
+    }
+
+    /// Builds a client from the `[consul]` section and an environment
+    /// lookup (the test seam for [`new`](Self::new)):
+    ///
+    /// - `CONSUL_HTTP_ADDR` replaces `consul.address` when that is left at
+    ///   its default; without a scheme it is `http://`, or `https://` with
+    ///   `CONSUL_HTTP_SSL=true`, as Consul's CLI reads it.
+    /// - The token comes from `consul.token_file`, else `CONSUL_HTTP_TOKEN`,
+    ///   else the file named by `CONSUL_HTTP_TOKEN_FILE`.
+    /// - Extra CA certificates come from `consul.ca_file`, else
+    ///   `CONSUL_CACERT`; `CONSUL_HTTP_SSL_VERIFY=false` turns certificate
+    ///   checks off.
+    pub fn with_env(
+        config: &ConsulConfig,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConsulError> {
+        let env = |name: &str| env(name).filter(|v| !v.trim().is_empty());
+        let (address, origin) = match env("CONSUL_HTTP_ADDR") {
+            Some(address) if config.address == DEFAULT_CONSUL_ADDRESS => {
+                let https = env("CONSUL_HTTP_SSL").is_some_and(|v| parse_bool(&v) == Some(true));
+                let address = address.trim();
+                let address = if address.contains("://") {
+                    address.to_owned()
+                } else {
+                    format!("{}://{address}", if https { "https" } else { "http" })
+                };
+                (address, "CONSUL_HTTP_ADDR")
+            }
+            _ => (config.address.clone(), "consul.address"),
+        };
+        let agent = parse_base_url(&address, origin)?;
+        let mut direct: HashMap<String, Vec<Url>> = HashMap::new();
+        for (i, dc) in config.datacenters.iter().enumerate() {
+            let origin = format!("consul.datacenters[{i}].addresses");
+            for address in &dc.addresses {
+                direct
+                    .entry(dc.name.clone())
+                    .or_default()
+                    .push(parse_base_url(address, &origin)?);
+            }
+        }
+        let token = load_token(config, &env)?;
+        let mut builder = reqwest::Client::builder()
+            .use_rustls_tls()
+            .connect_timeout(config.timeout)
+            .tcp_nodelay(true)
+            .user_agent(concat!("consul-failover-dns/", env!("CARGO_PKG_VERSION")));
+        let ca = if config.ca_file.is_empty() {
+            env("CONSUL_CACERT").map(|path| (path, "CONSUL_CACERT"))
+        } else {
+            Some((config.ca_file.clone(), "consul.ca_file"))
+        };
+        if let Some((path, origin)) = ca {
+            for certificate in load_ca(Path::new(&path), origin)? {
+                builder = builder.add_root_certificate(certificate);
+            }
+        }
+        if env("CONSUL_HTTP_SSL_VERIFY").is_some_and(|v| parse_bool(&v) == Some(false)) {
+            tracing::warn!(
+                "CONSUL_HTTP_SSL_VERIFY=false: Consul's TLS certificates are not checked"
+            );
+            builder = builder.danger_accept_invalid_certs(true);
+        }
+        let http = builder
+            .build()
+            .map_err(|e| ConsulError::Client(error_chain(&e)))?;
+        Ok(Self {
+            http,
+            agent,
+            direct,
+            token,
+            wait: config.wait,
+            stale: config.stale,
+            timeout: config.timeout,
+            avoid: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The local agent's base URL.
+    pub fn agent_url(&self) -> &Url {
+        &self.agent
+    }
+
+    /// The blocking-query wait sent as `?wait=`.
+    pub fn wait(&self) -> Duration {
+        self.wait
+    }
+
+    /// The HTTP timeout of a blocking read: the wait, plus the server's
+    /// jitter of up to a sixteenth (reference §2), plus the request timeout
+    /// as network slack. Always above `wait * 17 / 16`.
+    pub fn blocking_timeout(&self) -> Duration {
+        self.wait + self.wait / 16 + self.timeout
+    }
+
+    /// The local agent's datacenter (`GET /v1/agent/self`,
+    /// `Config.Datacenter`).
+    pub async fn local_datacenter(&self) -> Result<String, ConsulError> {
+        let reply = self
+            .send(
+                build_url(&self.agent, &["v1", "agent", "self"], &[]),
+                self.timeout,
+                true,
+            )
+            .await?;
+        api::decode_agent_datacenter(&reply.body).map_err(|reason| ConsulError::Decode {
+            url: reply.url,
+            reason,
+        })
+    }
+
+    /// Every known datacenter, nearest first by RTT, from the local agent
+    /// (`GET /v1/catalog/datacenters`).
+    pub async fn datacenters(&self) -> Result<Vec<String>, ConsulError> {
+        let url = build_url(&self.agent, &["v1", "catalog", "datacenters"], &[]);
+        let reply = self.send(url, self.timeout, true).await?;
+        api::decode_datacenters(&reply.body).map_err(|reason| ConsulError::Decode {
+            url: reply.url,
+            reason,
+        })
+    }
+
+    /// One blocking read of `GET /v1/health/service/<service>?dc=<dc>`
+    /// with `index` (0: a non-blocking read), `wait` and, if configured,
+    /// `stale`; never `passing` (health is filtered per query later).
+    /// Returns `X-Consul-Index` (0 when missing) and every instance.
+    /// `local_dc` tells whether an agent's `translate_wan_addrs` rewrote
+    /// the addresses (only for another datacenter than its own).
+    pub async fn service_health(
+        &self,
+        dc: &str,
+        service: &str,
+        index: u64,
+        local_dc: &str,
+    ) -> Result<(u64, Vec<Instance>), ConsulError> {
+        let reply = self
+            .blocking_read(dc, &["v1", "health", "service", service], index)
+            .await?;
+        let translated = reply.translate_header && reply.via_agent && dc != local_dc;
+        let instances =
+            api::decode_health(&reply.body, translated).map_err(|reason| ConsulError::Decode {
+                url: reply.url,
+                reason,
+            })?;
+        Ok((reply.index, instances))
+    }
+
+    /// One blocking read of `GET /v1/catalog/services?dc=<dc>`: the index
+    /// and the names of the services the datacenter has.
+    pub async fn catalog_services(
+        &self,
+        dc: &str,
+        index: u64,
+    ) -> Result<(u64, HashSet<String>), ConsulError> {
+        let reply = self
+            .blocking_read(dc, &["v1", "catalog", "services"], index)
+            .await?;
+        let names = api::decode_catalog(&reply.body).map_err(|reason| ConsulError::Decode {
+            url: reply.url,
+            reason,
+        })?;
+        Ok((reply.index, names))
+    }
+
+    /// A blocking read in `dc`: its direct addresses first, in order (those
+    /// that failed lately last), then the local agent. The error of the
+    /// last address tried is returned if none answers.
+    async fn blocking_read(
+        &self,
+        dc: &str,
+        path: &[&str],
+        index: u64,
+    ) -> Result<Reply, ConsulError> {
+        let index_text = index.to_string();
+        let wait_text = format_wait(self.wait);
+        let mut query: Vec<(&str, Option<&str>)> =
+            vec![("dc", Some(dc)), ("index", Some(&index_text))];
+        let timeout = if index > 0 {
+            query.push(("wait", Some(&wait_text)));
+            self.blocking_timeout()
+        } else {
+            self.timeout
+        };
+        if self.stale {
+            query.push(("stale", None));
+        }
+        let direct = self.direct_in_order(dc);
+        let mut last_error = None;
+        for base in &direct {
+            match self
+                .send(build_url(base, path, &query), timeout, false)
+                .await
+            {
+                Ok(reply) => {
+                    self.lock_avoid().remove(base);
+                    return Ok(reply);
+                }
+                Err(error) => {
+                    tracing::debug!(datacenter = dc, %error, "direct Consul address failed; trying the next");
+                    if error.is_transport() {
+                        self.lock_avoid()
+                            .insert(base.clone(), Instant::now() + AVOID_FAILED_ADDRESS_FOR);
+                    }
+                    last_error = Some(error);
+                }
+            }
+        }
+        let result = self
+            .send(build_url(&self.agent, path, &query), timeout, true)
+            .await;
+        match (result, last_error) {
+            (Err(error), Some(direct_error)) => {
+                tracing::debug!(datacenter = dc, error = %direct_error, "direct addresses failed too");
+                Err(error)
+            }
+            (result, _) => result,
+        }
+    }
+
+    /// The direct addresses of `dc`: those not failed lately in configured
+    /// order, then the ones failed lately.
+    fn direct_in_order(&self, dc: &str) -> Vec<Url> {
+        let Some(urls) = self.direct.get(dc) else {
+            return Vec::new();
+        };
+        let now = Instant::now();
+        let mut avoid = self.lock_avoid();
+        avoid.retain(|_, until| *until > now);
+        let (avoided, fresh): (Vec<&Url>, Vec<&Url>) =
+            urls.iter().partition(|url| avoid.contains_key(*url));
+        fresh.into_iter().chain(avoided).cloned().collect()
+    }
+
+    /// The failed-address map, whatever a panicking holder left.
+    fn lock_avoid(&self) -> std::sync::MutexGuard<'_, HashMap<Url, Instant>> {
+        self.avoid.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Sends one GET and reads the whole answer within `timeout`; any
+    /// status other than 2xx is an error.
+    async fn send(
+        &self,
+        url: Url,
+        timeout: Duration,
+        via_agent: bool,
+    ) -> Result<Reply, ConsulError> {
+        let shown = shown_url(&url);
+        let mut request = self.http.get(url).timeout(timeout);
+        if let Some(token) = &self.token {
+            request = request.header(TOKEN_HEADER, token.clone());
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| classify(&shown, timeout, &e))?;
+        let status = response.status();
+        let headers = response.headers();
+        let index = headers
+            .get(INDEX_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        let translate_header = headers
+            .get(TRANSLATE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| classify(&shown, timeout, &e))?;
+        if !status.is_success() {
+            return Err(ConsulError::Status {
+                url: shown,
+                status: status.as_u16(),
+                body: error_body(&body),
+            });
+        }
+        Ok(Reply {
+            url: shown,
+            index,
+            translate_header,
+            via_agent,
+            body,
+        })
+    }
+}
+
+/// Parses a base URL given in the configuration or the environment.
+fn parse_base_url(address: &str, origin: &str) -> Result<Url, ConsulError> {
+    let invalid = |reason: String| ConsulError::Address {
+        origin: origin.to_owned(),
+        address: address.to_owned(),
+        reason,
+    };
+    let mut url = Url::parse(address.trim()).map_err(|e| invalid(e.to_string()))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(invalid(format!(
+            "the scheme {:?} is not supported",
+            url.scheme()
+        )));
+    }
+    if url.host().is_none() || url.cannot_be_a_base() {
+        return Err(invalid("no host".to_owned()));
+    }
+    url.set_query(None);
+    url.set_fragment(None);
+    Ok(url)
+}
+
+/// `base` with `segments` appended to its path and `query` as parameters
+/// (`None` values are bare keys such as `stale`).
+fn build_url(base: &Url, segments: &[&str], query: &[(&str, Option<&str>)]) -> Url {
+    let mut url = base.clone();
+    if let Ok(mut path) = url.path_segments_mut() {
+        path.pop_if_empty().extend(segments);
+    }
+    if !query.is_empty() {
+        let mut pairs = url.query_pairs_mut();
+        for (key, value) in query {
+            match value {
+                Some(value) => pairs.append_pair(key, value),
+                None => pairs.append_key_only(key),
+            };
+        }
+    }
+    url
+}
+
+/// A URL for logs and errors: any password in it masked.
+fn shown_url(url: &Url) -> String {
+    if url.password().is_some() {
+        let mut masked = url.clone();
+        // Only fails for URLs that cannot have credentials at all.
+        let _ = masked.set_password(Some("redacted"));
+        masked.to_string()
+    } else {
+        url.to_string()
+    }
+}
+
+/// Loads the token: `consul.token_file`, else `CONSUL_HTTP_TOKEN`, else
+/// the file named by `CONSUL_HTTP_TOKEN_FILE`.
+fn load_token(
+    config: &ConsulConfig,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<Option<HeaderValue>, ConsulError> {
+    let (token, origin) = if !config.token_file.is_empty() {
+        let origin = format!("token file {} (consul.token_file)", config.token_file);
+        (read_token_file(&config.token_file, &origin)?, origin)
+    } else if let Some(token) = env("CONSUL_HTTP_TOKEN") {
+        (token.trim().to_owned(), "CONSUL_HTTP_TOKEN".to_owned())
+    } else if let Some(path) = env("CONSUL_HTTP_TOKEN_FILE") {
+        let origin = format!("token file {path} (CONSUL_HTTP_TOKEN_FILE)");
+        (read_token_file(&path, &origin)?, origin)
+    } else {
+        return Ok(None);
+    };
+    let mut value = HeaderValue::from_str(&token).map_err(|_| ConsulError::Token {
+        origin,
+        reason: "the token holds characters an HTTP header cannot carry".to_owned(),
+    })?;
+    value.set_sensitive(true);
+    Ok(Some(value))
+}
+
+/// Reads a token file: the whole file, surrounding white space removed.
+fn read_token_file(path: &str, origin: &str) -> Result<String, ConsulError> {
+    let error = |reason: String| ConsulError::Token {
+        origin: origin.to_owned(),
+        reason,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| error(format!("cannot read: {e}")))?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(error("is empty".to_owned()));
+    }
+    Ok(token.to_owned())
+}
+
+/// Loads a PEM bundle of CA certificates.
+fn load_ca(path: &Path, origin: &str) -> Result<Vec<reqwest::Certificate>, ConsulError> {
+    let error = |reason: String| ConsulError::CaFile {
+        path: path.to_owned(),
+        reason: format!("{reason} ({origin})"),
+    };
+    let pem = std::fs::read(path).map_err(|e| error(format!("cannot read: {e}")))?;
+    let certificates =
+        reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| error(error_chain(&e)))?;
+    if certificates.is_empty() {
+        return Err(error("holds no PEM certificate".to_owned()));
+    }
+    Ok(certificates)
+}
+
+/// Reads Go's `strconv.ParseBool` spellings.
+fn parse_bool(value: &str) -> Option<bool> {
+    match value.trim() {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Some(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Some(false),
+        _ => None,
+    }
+}
+
+/// Maps a reqwest error to the kind of failure.
+fn classify(url: &str, timeout: Duration, error: &reqwest::Error) -> ConsulError {
+    let url = url.to_owned();
+    if error.is_connect() {
+        ConsulError::Connect {
+            url,
+            reason: error_chain(error),
+        }
+    } else if error.is_timeout() {
+        ConsulError::Timeout {
+            url,
+            after: timeout,
+        }
+    } else {
+        ConsulError::Transport {
+            url,
+            reason: error_chain(error),
+        }
+    }
+}
+
+/// An error and its causes on one line, repeated texts dropped (reqwest's
+/// own text names the URL, which the caller already shows).
+fn error_chain(error: &reqwest::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if parts.last() != Some(&text) {
+            parts.push(text);
+        }
+        source = cause.source();
+    }
+    if parts.is_empty() {
+        let mut top = error.to_string();
+        if let Some(url) = error.url() {
+            top = top.replace(&format!(" ({url})"), "");
+        }
+        parts.push(top);
+    }
+    parts.join(": ")
+}
+
+/// An error body for messages: trimmed, at most [`MAX_ERROR_BODY`] bytes.
+fn error_body(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    if text.len() <= MAX_ERROR_BODY {
+        return text.to_owned();
+    }
+    let mut end = MAX_ERROR_BODY;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use consul_sim::Sim;
+
+    use super::*;
+    use crate::config::DatacenterAddresses;
+    use crate::consul::testutil::{self, within};
+    use crate::health::CheckStatus;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let pairs: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        move |name| {
+            pairs
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        }
+    }
+
+    fn temp_file(contents: &str) -> tempfile_lite::TempFile {
+        let file = tempfile_lite::TempFile::new();
+        std::fs::File::create(&file.path)
+            .unwrap()
+            .write_all(contents.as_bytes())
+            .unwrap();
+        file
+    }
+
+    /// A tiny self-deleting temporary file (no extra dependency).
+    mod tempfile_lite {
+        use std::path::PathBuf;
+        use std::sync::atomic::{AtomicU32, Ordering};
+
+        /// A path under the temporary directory, removed on drop.
+        pub(super) struct TempFile {
+            /// The path.
+            pub(super) path: PathBuf,
+        }
+
+        impl TempFile {
+            /// A fresh, unique path.
+            pub(super) fn new() -> Self {
+                static NEXT: AtomicU32 = AtomicU32::new(0);
+                let n = NEXT.fetch_add(1, Ordering::SeqCst);
+                let path = std::env::temp_dir()
+                    .join(format!("consul-client-test-{}-{n}", std::process::id()));
+                Self { path }
+            }
+
+            /// The path as a string.
+            pub(super) fn as_str(&self) -> &str {
+                self.path.to_str().unwrap()
+            }
+        }
+
+        impl Drop for TempFile {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_file(&self.path);
+            }
+        }
+    }
+
+    #[test]
+    fn wait_is_sent_in_go_syntax_and_the_timeout_exceeds_consul_jitter() {
+        assert_eq!(format_wait(Duration::from_secs(300)), "300s");
+        assert_eq!(format_wait(Duration::from_millis(1500)), "1500ms");
+        assert_eq!(format_wait(Duration::from_nanos(10)), "1ms");
+        for (wait, timeout) in [(300_000, 5_000), (2_000, 1), (16, 1), (1, 1)] {
+            let config = ConsulConfig {
+                wait: Duration::from_millis(wait),
+                timeout: Duration::from_millis(timeout),
+                ..ConsulConfig::default()
+            };
+            let client = ConsulClient::with_env(&config, no_env).unwrap();
+            assert!(
+                client.blocking_timeout() > config.wait * 17 / 16,
+                "{wait} ms"
+            );
+        }
+    }
+
+    #[test]
+    fn urls_get_the_path_and_parameters_appended() {
+        let base = parse_base_url("http://consul.example:8500/prefix/", "test").unwrap();
+        let url = build_url(
+            &base,
+            &["v1", "health", "service", "my svc"],
+            &[("dc", Some("dc1")), ("stale", None)],
+        );
+        assert_eq!(
+            url.as_str(),
+            "http://consul.example:8500/prefix/v1/health/service/my%20svc?dc=dc1&stale"
+        );
+        let bare = parse_base_url("https://10.0.0.1:8501", "test").unwrap();
+        assert_eq!(
+            build_url(&bare, &["v1", "agent", "self"], &[]).as_str(),
+            "https://10.0.0.1:8501/v1/agent/self"
+        );
+        for bad in [
+            "127.0.0.1:8500",
+            "unix:///run/consul.sock",
+            "ftp://x",
+            "http://",
+        ] {
+            let error = parse_base_url(bad, "consul.address")
+                .unwrap_err()
+                .to_string();
+            assert!(error.starts_with("consul.address: "), "{error}");
+        }
+    }
+
+    #[test]
+    fn environment_fills_in_address_and_token() {
+        let config = ConsulConfig::default();
+        let client = ConsulClient::with_env(
+            &config,
+            env_of(&[
+                ("CONSUL_HTTP_ADDR", "10.1.2.3:8500"),
+                ("CONSUL_HTTP_TOKEN", "t1"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(client.agent_url().as_str(), "http://10.1.2.3:8500/");
+        assert!(client.token.is_some());
+        let tls = ConsulClient::with_env(
+            &config,
+            env_of(&[
+                ("CONSUL_HTTP_ADDR", "consul.internal:8501"),
+                ("CONSUL_HTTP_SSL", "true"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(tls.agent_url().as_str(), "https://consul.internal:8501/");
+        assert!(tls.token.is_none());
+        // An address set in the file wins over the environment.
+        let set = ConsulConfig {
+            address: "http://192.0.2.1:8500".into(),
+            ..ConsulConfig::default()
+        };
+        let client =
+            ConsulClient::with_env(&set, env_of(&[("CONSUL_HTTP_ADDR", "10.1.2.3:8500")])).unwrap();
+        assert_eq!(client.agent_url().as_str(), "http://192.0.2.1:8500/");
+        let error =
+            ConsulClient::with_env(&config, env_of(&[("CONSUL_HTTP_ADDR", "unix:///x.sock")]))
+                .unwrap_err();
+        assert!(
+            error.to_string().starts_with("CONSUL_HTTP_ADDR: "),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn token_sources_in_order_and_errors_name_the_file() {
+        let file = temp_file("  from-config-file\n");
+        let env_file = temp_file("from-env-file\n");
+        let token = |config: &ConsulConfig, env: &[(&str, &str)]| {
+            load_token(config, &env_of(env))
+                .unwrap()
+                .map(|v| v.to_str().unwrap().to_owned())
+        };
+        let with_file = ConsulConfig {
+            token_file: file.as_str().into(),
+            ..ConsulConfig::default()
+        };
+        let all = [
+            ("CONSUL_HTTP_TOKEN", "from-env"),
+            ("CONSUL_HTTP_TOKEN_FILE", env_file.as_str()),
+        ];
+        assert_eq!(token(&with_file, &all).as_deref(), Some("from-config-file"));
+        let plain = ConsulConfig::default();
+        assert_eq!(token(&plain, &all).as_deref(), Some("from-env"));
+        assert_eq!(token(&plain, &all[1..]).as_deref(), Some("from-env-file"));
+        assert_eq!(token(&plain, &[]), None);
+        assert!(
+            load_token(&plain, &env_of(&all))
+                .unwrap()
+                .unwrap()
+                .is_sensitive()
+        );
+
+        let missing = ConsulConfig {
+            token_file: "/nonexistent/consul.token".into(),
+            ..ConsulConfig::default()
+        };
+        let error = ConsulClient::with_env(&missing, no_env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("/nonexistent/consul.token") && error.contains("consul.token_file"),
+            "{error}"
+        );
+        let empty = temp_file("\n");
+        let error = load_token(
+            &plain,
+            &env_of(&[("CONSUL_HTTP_TOKEN_FILE", empty.as_str())]),
+        )
+        .unwrap_err();
+        assert!(
+            error.to_string().contains(empty.as_str()) && error.to_string().contains("empty"),
+            "{error}"
+        );
+        let bad = temp_file("bad\u{7f}token");
+        let with_bad = ConsulConfig {
+            token_file: bad.as_str().into(),
+            ..ConsulConfig::default()
+        };
+        let error = load_token(&with_bad, &no_env).unwrap_err().to_string();
+        assert!(
+            error.contains(bad.as_str()) && !error.contains("bad\u{7f}token"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn ca_errors_name_the_file() {
+        let missing = ConsulConfig {
+            ca_file: "/nonexistent/ca.pem".into(),
+            ..ConsulConfig::default()
+        };
+        let error = ConsulClient::with_env(&missing, no_env).unwrap_err();
+        assert!(
+            matches!(&error, ConsulError::CaFile { path, .. } if path == Path::new("/nonexistent/ca.pem"))
+        );
+        let junk = temp_file("not a certificate");
+        let error = ConsulClient::with_env(
+            &ConsulConfig::default(),
+            env_of(&[("CONSUL_CACERT", junk.as_str())]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.contains(junk.as_str()) && error.contains("CONSUL_CACERT"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn debug_output_redacts_the_token() {
+        let secret = "5e3f9a1c-secret-token";
+        let client = ConsulClient::with_env(
+            &ConsulConfig::default(),
+            env_of(&[("CONSUL_HTTP_TOKEN", secret)]),
+        )
+        .unwrap();
+        let debug = format!("{client:?}");
+        assert!(debug.contains("<redacted>"), "{debug}");
+        assert!(!debug.contains(secret), "{debug}");
+        assert!(!format!("{client:#?}").contains(secret));
+        let with_password = ConsulConfig {
+            address: "http://user:hunter2@127.0.0.1:8500".into(),
+            ..Default::default()
+        };
+        let client = ConsulClient::with_env(&with_password, no_env).unwrap();
+        assert!(!format!("{client:?}").contains("hunter2"));
+    }
+
+    #[tokio::test]
+    async fn requests_carry_token_dc_index_wait_and_stale_but_not_passing() {
+        let sim = Sim::start(&["dc1"]).await.unwrap();
+        testutil::register(&sim, "dc1", "n1", "10.0.0.1", "web", "passing");
+        let secret = "3c1d-token-under-test";
+        let config = testutil::config(&sim, "dc1").await;
+        let client =
+            ConsulClient::with_env(&config, env_of(&[("CONSUL_HTTP_TOKEN", secret)])).unwrap();
+        let (index, instances) = within(client.service_health("dc1", "web", 0, "dc1"))
+            .await
+            .unwrap();
+        assert!(index > 0);
+        assert_eq!(instances.len(), 1);
+        assert_eq!(instances[0].lan.v4, Some("10.0.0.1".parse().unwrap()));
+        assert_eq!(instances[0].status(&[]), CheckStatus::Passing);
+        // A blocking read at the current index waits; a change ends it.
+        let blocked = client.service_health("dc1", "web", index, "dc1");
+        let flip = async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert_eq!(
+                sim.set_check_status("dc1", Some("n1"), "service:n1", "critical"),
+                1
+            );
+        };
+        let (result, ()) = within(async { tokio::join!(blocked, flip) }).await;
+        let (next, instances) = result.unwrap();
+        assert!(next > index);
+        assert_eq!(instances[0].status(&[]), CheckStatus::Critical);
+
+        let health: Vec<_> = sim
+            .requests("dc1")
+            .into_iter()
+            .filter(|r| r.path == "/v1/health/service/web")
+            .collect();
+        assert_eq!(health.len(), 2, "{health:?}");
+        for request in &health {
+            assert_eq!(request.header("x-consul-token"), Some(secret));
+            assert_eq!(request.param("dc").as_deref(), Some("dc1"));
+            assert!(request.param("stale").is_some(), "{request:?}");
+            assert!(request.param("passing").is_none(), "{request:?}");
+        }
+        assert_eq!(health[0].param("index").as_deref(), Some("0"));
+        assert_eq!(health[1].param("index"), Some(index.to_string()));
+        assert_eq!(health[1].param("wait").as_deref(), Some("2s"));
+
+        // Without `stale` in the configuration, no `stale` parameter.
+        let strict = ConsulClient::with_env(
+            &ConsulConfig {
+                stale: false,
+                ..config
+            },
+            no_env,
+        )
+        .unwrap();
+        within(strict.catalog_services("dc1", 0)).await.unwrap();
+        let last = sim.requests("dc1").pop().unwrap();
+        assert_eq!(last.path, "/v1/catalog/services");
+        assert!(
+            last.param("stale").is_none() && last.header("x-consul-token").is_none(),
+            "{last:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn agent_datacenter_list_and_catalog() {
+        let sim = Sim::start(&["dc1", "dc2"]).await.unwrap();
+        testutil::register(&sim, "dc2", "n1", "10.2.0.1", "loki", "passing");
+        let client = ConsulClient::with_env(&testutil::config(&sim, "dc1").await, no_env).unwrap();
+        assert_eq!(within(client.local_datacenter()).await.unwrap(), "dc1");
+        assert_eq!(within(client.datacenters()).await.unwrap(), ["dc1", "dc2"]);
+        let (index, names) = within(client.catalog_services("dc2", 0)).await.unwrap();
+        assert!(index > 0);
+        assert!(
+            names.contains("loki") && names.contains("consul"),
+            "{names:?}"
+        );
+        let (_, dc1_names) = within(client.catalog_services("dc1", 0)).await.unwrap();
+        assert!(!dc1_names.contains("loki"), "{dc1_names:?}");
+    }
+
+    #[tokio::test]
+    async fn errors_carry_status_and_body_and_timeouts_are_bounded() {
+        let sim = Sim::start(&["dc1"]).await.unwrap();
+        let config = ConsulConfig {
+            timeout: Duration::from_millis(300),
+            ..testutil::config(&sim, "dc1").await
+        };
+        let client = ConsulClient::with_env(&config, no_env).unwrap();
+        sim.fail_next("dc1", 1, 403, Some("ACL not found"), None);
+        let error = within(client.service_health("dc1", "web", 0, "dc1"))
+            .await
+            .unwrap_err();
+        assert_eq!(error.status(), Some(403));
+        assert!(!error.is_retryable());
+        assert!(error.to_string().contains("ACL not found"), "{error}");
+        let error = within(client.service_health("nowhere", "web", 0, "dc1"))
+            .await
+            .unwrap_err();
+        assert_eq!(error.status(), Some(500));
+        assert!(
+            error.to_string().contains("No path to datacenter"),
+            "{error}"
+        );
+        sim.hang("dc1", true);
+        let started = Instant::now();
+        let error = within(client.local_datacenter()).await.unwrap_err();
+        assert!(matches!(error, ConsulError::Timeout { .. }), "{error}");
+        assert!(error.is_retryable());
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        sim.hang("dc1", false);
+        sim.stop_listener("dc1").await;
+        let error = within(client.datacenters()).await.unwrap_err();
+        assert!(matches!(error, ConsulError::Connect { .. }), "{error}");
+    }
+
+    #[tokio::test]
+    async fn direct_datacenter_addresses_come_first_then_the_agent() {
+        let sim = Sim::start(&["dc1", "dc2"]).await.unwrap();
+        testutil::register(&sim, "dc2", "n1", "10.2.0.1", "web", "passing");
+        let dead = testutil::dead_url();
+        let config = ConsulConfig {
+            datacenters: vec![DatacenterAddresses {
+                name: "dc2".into(),
+                addresses: vec![dead.clone(), sim.url("dc2").await],
+            }],
+            ..testutil::config(&sim, "dc1").await
+        };
+        let client = ConsulClient::with_env(&config, no_env).unwrap();
+        let (_, instances) = within(client.service_health("dc2", "web", 0, "dc1"))
+            .await
+            .unwrap();
+        assert_eq!(instances.len(), 1);
+        let health = |dc: &str| {
+            sim.requests(dc)
+                .into_iter()
+                .filter(|r| r.path == "/v1/health/service/web")
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(health("dc2").len(), 1, "dc2's own address answered");
+        assert!(health("dc1").is_empty(), "the agent was not needed");
+        // The dead address is now tried last.
+        assert_eq!(
+            client.direct_in_order("dc2").last().map(Url::as_str),
+            Some(format!("{dead}/").as_str())
+        );
+
+        // dc2's own servers unreachable: the local agent forwards with ?dc=.
+        sim.stop_listener("dc2").await;
+        let (_, instances) = within(client.service_health("dc2", "web", 0, "dc1"))
+            .await
+            .unwrap();
+        assert_eq!(instances.len(), 1);
+        let via_agent = health("dc1");
+        assert_eq!(via_agent.len(), 1);
+        assert_eq!(via_agent[0].param("dc").as_deref(), Some("dc2"));
+        // Everything down: the agent's error is reported.
+        sim.stop_listener("dc1").await;
+        let error = within(client.service_health("dc2", "web", 0, "dc1"))
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains(&sim.url("dc1").await), "{error}");
+    }
+}

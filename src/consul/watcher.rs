@@ -1,0 +1,832 @@
+//! The watch tasks: one blocking loop per (datacenter, service) feeding
+//! [`HealthView::apply_service`], one per datacenter catalog feeding
+//! [`HealthView::apply_catalog`], and the periodic datacenter-list refresh.
+//!
+//! A loop never gives up: on an error it logs once per streak, counts the
+//! error, backs off with jitter and keeps the last good data in the view.
+//! Every task stops as soon as the shutdown token (or its own token, for a
+//! stopped service watch) is cancelled.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::blocking::DEFAULT_BACKOFF_MIN;
+use super::{Backoff, BlockingIndex, ConsulClient, ConsulError, IndexMove, RateLimit};
+use crate::health::{Data, HealthLookup, HealthView, Instance, ServiceHealth, ServiceKey};
+use crate::metrics::Metrics;
+
+/// One running task and the token that stops it alone.
+#[derive(Debug)]
+struct Task {
+    /// Cancels this task only (a child of the shutdown token).
+    stop: CancellationToken,
+    /// The task.
+    handle: JoinHandle<()>,
+}
+
+/// The tasks running now.
+#[derive(Debug, Default)]
+struct Running {
+    /// Health watches.
+    services: HashMap<ServiceKey, Task>,
+    /// Catalog watches, by datacenter.
+    catalogs: HashMap<String, Task>,
+    /// Datacenter-list refreshers.
+    refreshers: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// The number of blocking watches.
+    fn watches(&self) -> usize {
+        self.services.len() + self.catalogs.len()
+    }
+}
+
+/// What the tasks share.
+#[derive(Debug)]
+struct Shared {
+    /// The Consul client.
+    client: Arc<ConsulClient>,
+    /// Where the data goes.
+    view: Arc<HealthView>,
+    /// Error counter and watch gauge.
+    metrics: Metrics,
+    /// Stops everything.
+    shutdown: CancellationToken,
+    /// The tasks; also held while a service watch stores, so a stopped
+    /// watch can never write after [`Watcher::stop_service`] returned.
+    running: Mutex<Running>,
+}
+
+impl Shared {
+    /// The task table, whatever a panicking holder left.
+    fn running(&self) -> MutexGuard<'_, Running> {
+        self.running.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Owns the watch tasks that keep a [`HealthView`] current. Cheap to
+/// clone; the clones share the tasks.
+#[derive(Clone, Debug)]
+pub struct Watcher {
+    /// The shared state.
+    shared: Arc<Shared>,
+}
+
+impl Watcher {
+    /// A watcher with no task yet. Tasks stop when `shutdown` is cancelled.
+    pub fn new(
+        client: Arc<ConsulClient>,
+        view: Arc<HealthView>,
+        metrics: Metrics,
+        shutdown: CancellationToken,
+    ) -> Self {
+        metrics.set_watches(0);
+        Self {
+            shared: Arc::new(Shared {
+                client,
+                view,
+                metrics,
+                shutdown,
+                running: Mutex::new(Running::default()),
+            }),
+        }
+    }
+
+    /// Starts the blocking watch of `key` unless one runs; returns whether
+    /// it started one. The view's slot is created at once, so readers see
+    /// the pair as pending until the first answer. Must be called within a
+    /// Tokio runtime; does nothing once shutdown began.
+    pub fn ensure_service(&self, key: &ServiceKey) -> bool {
+        if self.shared.shutdown.is_cancelled() {
+            return false;
+        }
+        let mut running = self.shared.running();
+        if running
+            .services
+            .get(key)
+            .is_some_and(|task| !task.handle.is_finished())
+        {
+            return false;
+        }
+        self.shared.view.add_service_slot(key);
+        let stop = self.shared.shutdown.child_token();
+        let target = ServiceTarget {
+            key: key.clone(),
+            stop: stop.clone(),
+        };
+        let handle = tokio::spawn(watch_loop(self.shared.clone(), target, stop.clone()));
+        running.services.insert(key.clone(), Task { stop, handle });
+        self.shared.metrics.set_watches(running.watches());
+        tracing::debug!(datacenter = %key.datacenter, service = %key.service, "Consul health watch started");
+        true
+    }
+
+    /// Stops the watch of `key` and removes its slot from the view;
+    /// returns whether one was running.
+    pub fn stop_service(&self, key: &ServiceKey) -> bool {
+        let mut running = self.shared.running();
+        let Some(task) = running.services.remove(key) else {
+            return false;
+        };
+        task.stop.cancel();
+        self.shared.view.remove_service_slot(key);
+        self.shared.metrics.set_watches(running.watches());
+        tracing::debug!(datacenter = %key.datacenter, service = %key.service, "Consul health watch stopped");
+        true
+    }
+
+    /// Whether a watch of `key` runs.
+    pub fn is_watching(&self, key: &ServiceKey) -> bool {
+        self.shared.running().services.contains_key(key)
+    }
+
+    /// Starts the blocking watch of `/v1/catalog/services` in `dc` (feeding
+    /// the view's catalog) unless one runs; returns whether it started
+    /// one. Must be called within a Tokio runtime.
+    pub fn ensure_catalog(&self, dc: &str) -> bool {
+        if self.shared.shutdown.is_cancelled() {
+            return false;
+        }
+        let mut running = self.shared.running();
+        if running
+            .catalogs
+            .get(dc)
+            .is_some_and(|task| !task.handle.is_finished())
+        {
+            return false;
+        }
+        let stop = self.shared.shutdown.child_token();
+        let target = CatalogTarget {
+            datacenter: dc.to_owned(),
+        };
+        let handle = tokio::spawn(watch_loop(self.shared.clone(), target, stop.clone()));
+        running
+            .catalogs
+            .insert(dc.to_owned(), Task { stop, handle });
+        self.shared.metrics.set_watches(running.watches());
+        tracing::debug!(datacenter = dc, "Consul catalog watch started");
+        true
+    }
+
+    /// Spawns a task that reads `/v1/catalog/datacenters` now and then
+    /// every `period` into [`HealthView::set_datacenters`], until
+    /// shutdown. Failed reads are retried sooner, with backoff.
+    pub fn spawn_datacenter_refresh(&self, period: Duration) {
+        if self.shared.shutdown.is_cancelled() {
+            return;
+        }
+        let handle = tokio::spawn(refresh_datacenters(self.shared.clone(), period));
+        self.shared.running().refreshers.push(handle);
+    }
+
+    /// The number of blocking watches running (health and catalog).
+    pub fn watch_count(&self) -> usize {
+        self.shared.running().watches()
+    }
+
+    /// Waits for shutdown, then for every task to end.
+    pub async fn stopped(&self) {
+        self.shared.shutdown.cancelled().await;
+        let handles: Vec<JoinHandle<()>> = {
+            let mut running = self.shared.running();
+            let running = &mut *running;
+            let services = running.services.drain().map(|(_, task)| task.handle);
+            let catalogs = running.catalogs.drain().map(|(_, task)| task.handle);
+            services
+                .chain(catalogs)
+                .chain(running.refreshers.drain(..))
+                .collect()
+        };
+        for handle in handles {
+            // A task that panicked has logged it; nothing is left to do.
+            let _ = handle.await;
+        }
+        self.shared.metrics.set_watches(0);
+    }
+}
+
+//------------ Watch loops ----------------------------------------------------
+
+/// What one blocking loop reads and where it stores the answers.
+trait Target: Send + Sync + 'static {
+    /// What a read returns besides its index.
+    type Value: Send;
+
+    /// The datacenter read.
+    fn datacenter(&self) -> &str;
+
+    /// The service watched, for logs (`None` for a catalog).
+    fn service(&self) -> Option<&str>;
+
+    /// One read at `index` (0: a non-blocking one).
+    fn read(
+        &self,
+        shared: &Shared,
+        index: u64,
+    ) -> impl Future<Output = Result<(u64, Self::Value), ConsulError>> + Send;
+
+    /// Stores an answer read at `index` if it differs from the view's.
+    fn store(&self, shared: &Shared, index: u64, value: Self::Value);
+}
+
+/// The health of one service in one datacenter.
+struct ServiceTarget {
+    /// The pair.
+    key: ServiceKey,
+    /// This watch's own token, checked under the task-table lock before
+    /// storing.
+    stop: CancellationToken,
+}
+
+impl Target for ServiceTarget {
+    type Value = Vec<Instance>;
+
+    fn datacenter(&self) -> &str {
+        &self.key.datacenter
+    }
+
+    fn service(&self) -> Option<&str> {
+        Some(&self.key.service)
+    }
+
+    async fn read(&self, shared: &Shared, index: u64) -> Result<(u64, Vec<Instance>), ConsulError> {
+        let local = shared.view.local_datacenter();
+        shared
+            .client
+            .service_health(&self.key.datacenter, &self.key.service, index, &local)
+            .await
+    }
+
+    fn store(&self, shared: &Shared, index: u64, instances: Vec<Instance>) {
+        let unchanged = match shared.view.service(&self.key.datacenter, &self.key.service) {
+            Data::Ready(current) => current.index == index && current.instances == instances,
+            Data::Pending => false,
+        };
+        if unchanged {
+            return;
+        }
+        let _running = shared.running();
+        if !self.stop.is_cancelled() {
+            shared
+                .view
+                .apply_service(&self.key, ServiceHealth { index, instances });
+        }
+    }
+}
+
+/// The service names of one datacenter.
+struct CatalogTarget {
+    /// The datacenter.
+    datacenter: String,
+}
+
+impl Target for CatalogTarget {
+    type Value = HashSet<String>;
+
+    fn datacenter(&self) -> &str {
+        &self.datacenter
+    }
+
+    fn service(&self) -> Option<&str> {
+        None
+    }
+
+    async fn read(
+        &self,
+        shared: &Shared,
+        index: u64,
+    ) -> Result<(u64, HashSet<String>), ConsulError> {
+        shared
+            .client
+            .catalog_services(&self.datacenter, index)
+            .await
+    }
+
+    fn store(&self, shared: &Shared, _index: u64, names: HashSet<String>) {
+        let unchanged = matches!(shared.view.catalog(&self.datacenter), Data::Ready(current) if *current == names);
+        if !unchanged {
+            shared.view.apply_catalog(&self.datacenter, names);
+        }
+    }
+}
+
+/// Sleeps for `duration` unless `stop` is cancelled first; returns whether
+/// the loop should go on.
+async fn sleep_unless_stopped(stop: &CancellationToken, duration: Duration) -> bool {
+    tokio::select! {
+        biased;
+        () = stop.cancelled() => false,
+        () = tokio::time::sleep(duration) => true,
+    }
+}
+
+/// The blocking loop (reference §2): read at the current index, store what
+/// changed, follow the index rules; on errors back off and keep the data.
+async fn watch_loop<T: Target>(shared: Arc<Shared>, target: T, stop: CancellationToken) {
+    let datacenter = target.datacenter().to_owned();
+    let service = target.service().map(str::to_owned);
+    let mut index = BlockingIndex::new();
+    let mut backoff = Backoff::default();
+    let mut limit = RateLimit::default();
+    let mut errors: u64 = 0;
+    loop {
+        let pause = limit.take(Instant::now());
+        if !pause.is_zero() && !sleep_unless_stopped(&stop, pause).await {
+            break;
+        }
+        let sent = index.get();
+        let result = tokio::select! {
+            biased;
+            () = stop.cancelled() => break,
+            result = target.read(&shared, sent) => result,
+        };
+        match result {
+            Ok((returned, value)) => {
+                if errors > 0 {
+                    tracing::info!(datacenter, service, errors, "Consul watch recovered");
+                    errors = 0;
+                    backoff.reset();
+                }
+                if index.advance(returned) == IndexMove::Reset {
+                    tracing::debug!(
+                        datacenter,
+                        service,
+                        consul_index = returned,
+                        sent,
+                        "Consul index went backwards; reading afresh"
+                    );
+                }
+                target.store(&shared, returned.max(1), value);
+            }
+            Err(error) => {
+                shared.metrics.watch_error(&datacenter);
+                if errors == 0 {
+                    tracing::warn!(
+                        datacenter,
+                        service,
+                        error = %error,
+                        "Consul watch failed; keeping the last known data and retrying"
+                    );
+                } else {
+                    tracing::debug!(datacenter, service, error = %error, errors, "Consul watch still failing");
+                }
+                errors += 1;
+                if !sleep_unless_stopped(&stop, backoff.next_delay()).await {
+                    break;
+                }
+            }
+        }
+    }
+    tracing::trace!(datacenter, service, "Consul watch ended");
+}
+
+/// Reads the datacenter list every `period` until shutdown.
+async fn refresh_datacenters(shared: Arc<Shared>, period: Duration) {
+    let stop = shared.shutdown.clone();
+    let mut backoff = Backoff::new(DEFAULT_BACKOFF_MIN, period.max(DEFAULT_BACKOFF_MIN));
+    let mut failing = false;
+    loop {
+        let result = tokio::select! {
+            biased;
+            () = stop.cancelled() => break,
+            result = shared.client.datacenters() => result,
+        };
+        let pause = match result {
+            Ok(datacenters) => {
+                if failing {
+                    tracing::info!("Consul datacenter list readable again");
+                    failing = false;
+                    backoff.reset();
+                }
+                if !datacenters.is_empty() {
+                    shared.view.set_datacenters(datacenters);
+                }
+                period
+            }
+            Err(error) => {
+                let local = shared.view.local_datacenter();
+                shared.metrics.watch_error(&local);
+                if !failing {
+                    tracing::warn!(datacenter = %local, error = %error, "cannot read Consul's datacenter list; keeping the last one");
+                    failing = true;
+                }
+                backoff.next_delay()
+            }
+        };
+        if !sleep_unless_stopped(&stop, pause).await {
+            break;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use consul_sim::Sim;
+
+    use super::*;
+    use crate::config::{ConsulConfig, DatacenterAddresses};
+    use crate::consul::testutil::{self, BOUND, eventually, within};
+    use crate::health::CheckStatus;
+
+    /// A federation, a view fed by a watcher, and the shutdown token.
+    struct Fixture {
+        sim: Sim,
+        view: Arc<HealthView>,
+        metrics: Metrics,
+        shutdown: CancellationToken,
+        watcher: Watcher,
+    }
+
+    impl Drop for Fixture {
+        fn drop(&mut self) {
+            self.shutdown.cancel();
+        }
+    }
+
+    async fn fixture(dcs: &[&str], config: impl FnOnce(ConsulConfig) -> ConsulConfig) -> Fixture {
+        let sim = Sim::start(dcs).await.unwrap();
+        let config = config(testutil::config(&sim, dcs[0]).await);
+        let client = Arc::new(ConsulClient::with_env(&config, |_| None).unwrap());
+        let view = Arc::new(HealthView::new(dcs[0]));
+        let metrics = Metrics::new();
+        let shutdown = CancellationToken::new();
+        let watcher = Watcher::new(client, view.clone(), metrics.clone(), shutdown.clone());
+        Fixture {
+            sim,
+            view,
+            metrics,
+            shutdown,
+            watcher,
+        }
+    }
+
+    fn health(view: &HealthView, key: &ServiceKey) -> Option<Arc<ServiceHealth>> {
+        match view.service(&key.datacenter, &key.service) {
+            Data::Ready(health) => Some(health),
+            Data::Pending => None,
+        }
+    }
+
+    fn status(view: &HealthView, key: &ServiceKey, node: &str) -> Option<CheckStatus> {
+        health(view, key)?
+            .instances
+            .iter()
+            .find(|i| i.node == node)
+            .map(|i| i.status(&[]))
+    }
+
+    /// Health reads of `service` received by `dc`'s listener.
+    fn reads(sim: &Sim, dc: &str, service: &str) -> Vec<consul_sim::RecordedRequest> {
+        let path = format!("/v1/health/service/{service}");
+        sim.requests(dc)
+            .into_iter()
+            .filter(|r| r.path == path)
+            .collect()
+    }
+
+    /// Waits until a blocking read (index > 0) of `service` has arrived
+    /// at `dc` beyond the first `seen` reads.
+    async fn blocked(sim: &Sim, dc: &str, service: &str, seen: usize) {
+        eventually("the watch is blocked on a real index", BOUND, || {
+            reads(sim, dc, service)
+                .iter()
+                .skip(seen)
+                .any(|r| r.param("index").is_some_and(|i| i != "0"))
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_watch_syncs_the_initial_instances() {
+        let f = fixture(&["dc1"], |c| c).await;
+        testutil::register(&f.sim, "dc1", "n1", "10.0.0.1", "web", "passing");
+        testutil::register(&f.sim, "dc1", "n2", "10.0.0.2", "web", "warning");
+        let key = ServiceKey::new("dc1", "web");
+        f.sim.hang("dc1", true);
+        assert!(f.watcher.ensure_service(&key));
+        assert!(!f.watcher.ensure_service(&key), "one watch per pair");
+        // The slot exists at once and stays pending until an answer comes.
+        assert!(f.view.has_service_slot(&key));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(f.view.service("dc1", "web"), Data::Pending);
+        f.sim.hang("dc1", false);
+        eventually("initial sync", BOUND, || health(&f.view, &key).is_some()).await;
+        let synced = health(&f.view, &key).unwrap();
+        assert!(synced.index > 1);
+        let mut nodes: Vec<_> = synced
+            .instances
+            .iter()
+            .map(|i| (i.node.as_str(), i.lan.v4, i.port))
+            .collect();
+        nodes.sort();
+        assert_eq!(
+            nodes,
+            [
+                ("n1", Some("10.0.0.1".parse().unwrap()), 8080),
+                ("n2", Some("10.0.0.2".parse().unwrap()), 8080)
+            ]
+        );
+        assert_eq!(status(&f.view, &key, "n2"), Some(CheckStatus::Warning));
+        assert_eq!(f.watcher.watch_count(), 1);
+        assert!(f.metrics.render().contains("consul_dns_watches 1"));
+        let first = reads(&f.sim, "dc1", "web");
+        assert_eq!(
+            first[0].param("index").as_deref(),
+            Some("0"),
+            "the first read does not block"
+        );
+        assert!(f.watcher.stop_service(&key));
+        assert!(!f.watcher.is_watching(&key));
+        assert!(!f.view.has_service_slot(&key));
+        assert_eq!(f.watcher.watch_count(), 0);
+        assert!(f.metrics.render().contains("consul_dns_watches 0"));
+    }
+
+    #[tokio::test]
+    async fn check_flips_reach_the_view_within_200ms() {
+        let f = fixture(&["dc1"], |c| c).await;
+        testutil::register(&f.sim, "dc1", "n1", "10.0.0.1", "web", "passing");
+        testutil::register(&f.sim, "dc1", "n2", "10.0.0.2", "web", "passing");
+        let key = ServiceKey::new("dc1", "web");
+        f.watcher.ensure_service(&key);
+        eventually("initial sync", BOUND, || {
+            health(&f.view, &key).is_some_and(|h| h.instances.len() == 2)
+        })
+        .await;
+        let mut slowest = Duration::ZERO;
+        for (round, want) in ["critical", "passing", "warning", "critical", "passing"]
+            .into_iter()
+            .enumerate()
+        {
+            let seen = reads(&f.sim, "dc1", "web").len();
+            blocked(&f.sim, "dc1", "web", seen.saturating_sub(1)).await;
+            let expected = CheckStatus::from_consul(want);
+            assert_ne!(
+                status(&f.view, &key, "n1"),
+                Some(expected),
+                "round {round} starts from another status"
+            );
+            let started = Instant::now();
+            assert_eq!(
+                f.sim
+                    .set_check_status("dc1", Some("n1"), "service:n1", want),
+                1
+            );
+            eventually("the flip reaches the view", BOUND, || {
+                status(&f.view, &key, "n1") == Some(expected)
+            })
+            .await;
+            slowest = slowest.max(started.elapsed());
+            assert_eq!(status(&f.view, &key, "n2"), Some(CheckStatus::Passing));
+        }
+        assert!(
+            slowest < Duration::from_millis(200),
+            "slowest update took {slowest:?}"
+        );
+        assert_eq!(f.metrics.watch_errors("dc1"), 0);
+    }
+
+    #[tokio::test]
+    async fn an_index_rewind_resets_the_loop_and_still_converges() {
+        let f = fixture(&["dc1"], |c| c).await;
+        for i in 0..20 {
+            // Push the index well above where the rewind sends it.
+            testutil::register(
+                &f.sim,
+                "dc1",
+                &format!("other{i}"),
+                "10.9.0.1",
+                "other",
+                "passing",
+            );
+        }
+        testutil::register(&f.sim, "dc1", "n1", "10.0.0.1", "web", "passing");
+        let key = ServiceKey::new("dc1", "web");
+        f.watcher.ensure_service(&key);
+        eventually("initial sync", BOUND, || health(&f.view, &key).is_some()).await;
+        blocked(&f.sim, "dc1", "web", 0).await;
+        let before = health(&f.view, &key).unwrap().index;
+        assert!(before > 5, "index {before}");
+        f.sim.clear_requests(Some("dc1"));
+        f.sim.rewind_index("dc1", 2);
+        eventually("the rewound index reaches the view", BOUND, || {
+            health(&f.view, &key).is_some_and(|h| h.index < before)
+        })
+        .await;
+        // A change after the rewind has an index below the old one: the
+        // watch must see it because it restarted from 0.
+        testutil::register(&f.sim, "dc1", "n2", "10.0.0.2", "web", "passing");
+        eventually("the new instance reaches the view", BOUND, || {
+            health(&f.view, &key).is_some_and(|h| h.instances.len() == 2)
+        })
+        .await;
+        let after = health(&f.view, &key).unwrap().index;
+        assert!(after < before, "{after} < {before}");
+        let indexes: Vec<String> = reads(&f.sim, "dc1", "web")
+            .iter()
+            .filter_map(|r| r.param("index"))
+            .collect();
+        assert!(
+            indexes.iter().any(|i| i == "0"),
+            "no reset to 0 in {indexes:?}"
+        );
+        assert!(
+            !indexes.iter().any(|i| i == &before.to_string()),
+            "kept the old index: {indexes:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn errors_are_counted_and_the_last_snapshot_is_kept_until_recovery() {
+        let f = fixture(&["dc1"], |c| c).await;
+        testutil::register(&f.sim, "dc1", "n1", "10.0.0.1", "web", "passing");
+        let key = ServiceKey::new("dc1", "web");
+        f.watcher.ensure_service(&key);
+        eventually("initial sync", BOUND, || health(&f.view, &key).is_some()).await;
+        blocked(&f.sim, "dc1", "web", 0).await;
+        // The blocked read answers the flip; the next four reads fail.
+        f.sim
+            .fail_next("dc1", 2, 500, None, Some("/v1/health/service/"));
+        f.sim
+            .fail_next("dc1", 2, 403, None, Some("/v1/health/service/"));
+        f.sim
+            .set_check_status("dc1", Some("n1"), "service:n1", "critical");
+        eventually("the flip reaches the view", BOUND, || {
+            status(&f.view, &key, "n1") == Some(CheckStatus::Critical)
+        })
+        .await;
+        let kept = health(&f.view, &key).unwrap();
+        eventually("four errors are counted", BOUND, || {
+            f.metrics.watch_errors("dc1") == 4
+        })
+        .await;
+        assert!(
+            Arc::ptr_eq(&kept, &health(&f.view, &key).unwrap()),
+            "the snapshot was kept as it was"
+        );
+        // Recovered: the next change arrives.
+        f.sim
+            .set_check_status("dc1", Some("n1"), "service:n1", "passing");
+        eventually("recovery", BOUND, || {
+            status(&f.view, &key, "n1") == Some(CheckStatus::Passing)
+        })
+        .await;
+        assert_eq!(f.metrics.watch_errors("dc1"), 4);
+        assert!(
+            f.sim.faults("dc1").fail.is_empty(),
+            "every injected failure was used"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_dead_consul_keeps_the_snapshot_and_the_watch_comes_back() {
+        let f = fixture(&["dc1"], |c| c).await;
+        testutil::register(&f.sim, "dc1", "n1", "10.0.0.1", "web", "passing");
+        let key = ServiceKey::new("dc1", "web");
+        f.watcher.ensure_service(&key);
+        eventually("initial sync", BOUND, || health(&f.view, &key).is_some()).await;
+        blocked(&f.sim, "dc1", "web", 0).await;
+        f.sim.stop_listener("dc1").await;
+        eventually("errors are counted", BOUND, || {
+            f.metrics.watch_errors("dc1") >= 2
+        })
+        .await;
+        assert_eq!(
+            status(&f.view, &key, "n1"),
+            Some(CheckStatus::Passing),
+            "data kept while Consul is down"
+        );
+        f.sim
+            .set_check_status("dc1", Some("n1"), "service:n1", "critical");
+        f.sim.start_listener("dc1").await.unwrap();
+        eventually("the change made while down arrives", BOUND, || {
+            status(&f.view, &key, "n1") == Some(CheckStatus::Critical)
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_running_watch_moves_from_direct_addresses_to_the_agent() {
+        let dead = testutil::dead_url();
+        let f = fixture(&["dc1", "dc2"], |c| c).await;
+        // Rebuild the watcher with direct addresses for dc2.
+        let config = ConsulConfig {
+            datacenters: vec![DatacenterAddresses {
+                name: "dc2".into(),
+                addresses: vec![dead, f.sim.url("dc2").await],
+            }],
+            ..testutil::config(&f.sim, "dc1").await
+        };
+        let client = Arc::new(ConsulClient::with_env(&config, |_| None).unwrap());
+        let watcher = Watcher::new(
+            client,
+            f.view.clone(),
+            f.metrics.clone(),
+            f.shutdown.clone(),
+        );
+        testutil::register(&f.sim, "dc2", "m1", "10.2.0.1", "web", "passing");
+        let key = ServiceKey::new("dc2", "web");
+        watcher.ensure_service(&key);
+        eventually("initial sync from dc2 itself", BOUND, || {
+            health(&f.view, &key).is_some()
+        })
+        .await;
+        blocked(&f.sim, "dc2", "web", 0).await;
+        assert!(
+            reads(&f.sim, "dc1", "web").is_empty(),
+            "the agent was not asked"
+        );
+        f.sim.stop_listener("dc2").await;
+        f.sim
+            .set_check_status("dc2", Some("m1"), "service:m1", "critical");
+        eventually("the change arrives through the agent", BOUND, || {
+            status(&f.view, &key, "m1") == Some(CheckStatus::Critical)
+        })
+        .await;
+        let via_agent = reads(&f.sim, "dc1", "web");
+        assert!(!via_agent.is_empty());
+        assert!(
+            via_agent
+                .iter()
+                .all(|r| r.param("dc").as_deref() == Some("dc2")),
+            "{via_agent:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn catalog_watch_and_datacenter_refresh_feed_the_view() {
+        let f = fixture(&["dc1", "dc2"], |c| c).await;
+        assert_eq!(*f.view.datacenters(), ["dc1"]);
+        f.watcher
+            .spawn_datacenter_refresh(Duration::from_millis(50));
+        assert!(f.watcher.ensure_catalog("dc2"));
+        assert!(!f.watcher.ensure_catalog("dc2"));
+        assert_eq!(f.watcher.watch_count(), 1);
+        eventually("the datacenter list", BOUND, || {
+            *f.view.datacenters() == ["dc1", "dc2"]
+        })
+        .await;
+        let names = |dc: &str| match f.view.catalog(dc) {
+            Data::Ready(names) => Some(names),
+            Data::Pending => None,
+        };
+        eventually("the dc2 catalog", BOUND, || {
+            names("dc2").is_some_and(|n| n.contains("consul"))
+        })
+        .await;
+        assert!(!names("dc2").unwrap().contains("grafana"));
+        testutil::register(&f.sim, "dc2", "m1", "10.2.0.1", "grafana", "passing");
+        eventually("a new service", BOUND, || {
+            names("dc2").is_some_and(|n| n.contains("grafana"))
+        })
+        .await;
+        assert_eq!(names("dc1"), None, "dc1's catalog is not watched");
+    }
+
+    #[tokio::test]
+    async fn every_task_stops_promptly_on_shutdown() {
+        let f = fixture(&["dc1", "dc2"], |c| ConsulConfig {
+            wait: Duration::from_secs(60),
+            ..c
+        })
+        .await;
+        testutil::register(&f.sim, "dc1", "n1", "10.0.0.1", "web", "passing");
+        f.watcher.ensure_service(&ServiceKey::new("dc1", "web"));
+        f.watcher.ensure_service(&ServiceKey::new("dc2", "web"));
+        f.watcher.ensure_catalog("dc1");
+        f.watcher
+            .spawn_datacenter_refresh(Duration::from_secs(3600));
+        eventually("the first answers", BOUND, || {
+            health(&f.view, &ServiceKey::new("dc1", "web")).is_some()
+        })
+        .await;
+        blocked(&f.sim, "dc1", "web", 0).await;
+        // One more watch stuck in backoff against a failing datacenter.
+        f.watcher.ensure_service(&ServiceKey::new("nowhere", "web"));
+        eventually("the failing watch errs", BOUND, || {
+            f.metrics.watch_errors("nowhere") > 0
+        })
+        .await;
+        assert_eq!(f.watcher.watch_count(), 4);
+        let started = Instant::now();
+        f.shutdown.cancel();
+        within(f.watcher.stopped()).await;
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "took {:?}",
+            started.elapsed()
+        );
+        assert_eq!(f.watcher.watch_count(), 0);
+        assert!(
+            !f.watcher.ensure_service(&ServiceKey::new("dc1", "api")),
+            "no new watch after shutdown"
+        );
+    }
+}

@@ -1,0 +1,398 @@
+//! DNS serving: hickory-server on UDP and TCP, with a request handler that
+//! applies the protocol rules (RFC 1035, 2308, 6891, 8914) around the pure
+//! answer logic in [`crate::resolve`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use hickory_proto::op::{Edns, Header, Metadata, OpCode, ResponseCode, emit_message_parts};
+use hickory_proto::rr::Record;
+use hickory_proto::rr::rdata::opt::EdnsOption;
+use hickory_proto::serialize::binary::BinEncoder;
+use hickory_server::Server;
+use hickory_server::net::runtime::Time;
+use hickory_server::net::xfer::Protocol;
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::zone_handler::MessageResponseBuilder;
+use tokio::net::{TcpListener, UdpSocket};
+
+use crate::health::{HealthView, ServiceKey};
+use crate::metrics::Metrics;
+use crate::resolve::{Answer, Context, EDE_NOT_READY, Kind, Outcome, Question, Resolver};
+
+/// The EDNS option code of Extended DNS Errors (RFC 8914).
+const EDNS_EXTENDED_ERROR: u16 = 15;
+/// The UDP limit without EDNS (RFC 1035 §4.2.1).
+const PLAIN_UDP_LIMIT: usize = 512;
+
+/// Starts watches for data a question needs (implemented by the Consul
+/// watcher; a no-op in tests that feed the view directly).
+pub trait WatchDemand: Send + Sync {
+    /// Makes sure a watch for the pair runs.
+    fn ensure_service(&self, key: &ServiceKey);
+    /// Makes sure the catalog of the datacenter is watched.
+    fn ensure_catalog(&self, datacenter: &str);
+}
+
+/// DNS protocol settings the handler applies.
+#[derive(Clone, Copy, Debug)]
+pub struct WireSettings {
+    /// The EDNS payload size advertised and the UDP limit's upper bound.
+    pub udp_payload: u16,
+    /// At most this many answers per UDP response (0: no cap).
+    pub udp_answer_limit: usize,
+    /// How long a query may wait for data not synced yet.
+    pub first_answer_wait: Duration,
+}
+
+/// The request handler shared by every listener.
+pub struct DnsHandler {
+    resolver: Arc<ArcSwap<Resolver>>,
+    view: Arc<HealthView>,
+    demand: Arc<dyn WatchDemand>,
+    metrics: Metrics,
+    settings: WireSettings,
+}
+
+impl DnsHandler {
+    /// A handler answering from `view` with the given resolver.
+    pub fn new(
+        resolver: Arc<ArcSwap<Resolver>>,
+        view: Arc<HealthView>,
+        demand: Arc<dyn WatchDemand>,
+        metrics: Metrics,
+        settings: WireSettings,
+    ) -> Self {
+        Self {
+            resolver,
+            view,
+            demand,
+            metrics,
+            settings,
+        }
+    }
+
+    /// Resolves, starting watches and waiting up to `first_answer_wait`
+    /// for data that is not synced yet; then SERVFAIL with EDE "Not Ready".
+    async fn answer(&self, question: &Question) -> Answer {
+        let deadline = tokio::time::Instant::now() + self.settings.first_answer_wait;
+        let mut rng = fastrand::Rng::new();
+        loop {
+            // Register for change notifications before reading the view,
+            // so an update between the read and the wait is not missed.
+            let changed = self.view.changed();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let serial = unix_seconds();
+            let resolver = self.resolver.load();
+            let needs = match resolver.resolve(
+                question,
+                &*self.view,
+                &mut Context {
+                    serial,
+                    rng: &mut rng,
+                },
+            ) {
+                Outcome::Answer(answer) => return answer,
+                Outcome::Pending(needs) => needs,
+            };
+            for key in &needs.services {
+                self.demand.ensure_service(key);
+            }
+            for dc in &needs.catalogs {
+                self.demand.ensure_catalog(dc);
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                let waiting: Vec<String> = needs
+                    .services
+                    .iter()
+                    .map(|k| format!("{} in {}", k.service, k.datacenter))
+                    .chain(
+                        needs
+                            .catalogs
+                            .iter()
+                            .map(|dc| format!("the catalog of {dc}")),
+                    )
+                    .collect();
+                let mut answer = Answer {
+                    rcode: ResponseCode::ServFail,
+                    answers: Vec::new(),
+                    authorities: Vec::new(),
+                    additionals: Vec::new(),
+                    kind: Kind::Other,
+                    datacenter: None,
+                    remote: false,
+                    extended_error: Some((
+                        EDE_NOT_READY,
+                        format!("no data from Consul yet for {}", waiting.join(", ")),
+                    )),
+                };
+                if let Outcome::Answer(a) = resolver.resolve(
+                    question,
+                    &*self.view,
+                    &mut Context {
+                        serial,
+                        rng: &mut rng,
+                    },
+                ) {
+                    return a;
+                }
+                answer.kind = if question
+                    .name
+                    .to_ascii()
+                    .to_ascii_lowercase()
+                    .contains(".service.")
+                {
+                    Kind::Service
+                } else {
+                    Kind::Query
+                };
+                return answer;
+            }
+        }
+    }
+}
+
+fn unix_seconds() -> u32 {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    // SOA serials are 32-bit sequence numbers (RFC 1982): wrap.
+    (secs & u64::from(u32::MAX)) as u32
+}
+
+/// The RCODE as a metric label.
+fn rcode_label(rcode: ResponseCode) -> &'static str {
+    match rcode {
+        ResponseCode::NoError => "NOERROR",
+        ResponseCode::FormErr => "FORMERR",
+        ResponseCode::ServFail => "SERVFAIL",
+        ResponseCode::NXDomain => "NXDOMAIN",
+        ResponseCode::NotImp => "NOTIMP",
+        ResponseCode::Refused => "REFUSED",
+        ResponseCode::BADVERS => "BADVERS",
+        _ => "OTHER",
+    }
+}
+
+/// The encoded size of a response with these sections.
+fn encoded_len(
+    metadata: &Metadata,
+    request: &Request,
+    answers: &[Record],
+    authorities: &[Record],
+    additionals: &[Record],
+    edns: Option<&Edns>,
+) -> usize {
+    let mut buffer = Vec::with_capacity(1500);
+    let mut encoder = BinEncoder::new(&mut buffer);
+    let queries = request.queries.queries().iter().map(|q| q.original());
+    let result = emit_message_parts(
+        metadata,
+        &mut queries.collect::<Vec<_>>().into_iter(),
+        &mut answers.iter(),
+        &mut authorities.iter(),
+        &mut additionals.iter(),
+        edns,
+        None,
+        &mut encoder,
+    );
+    match result {
+        Ok(_) => buffer.len(),
+        Err(_) => usize::MAX,
+    }
+}
+
+/// The largest `n` in `0..=max` for which `fits(n)` holds, given that
+/// `fits` is monotone and `fits(0)` is assumed.
+fn largest_fitting(max: usize, fits: impl Fn(usize) -> bool) -> usize {
+    let (mut low, mut high) = (0, max);
+    while low < high {
+        let mid = (low + high).div_ceil(2);
+        if fits(mid) { low = mid } else { high = mid - 1 }
+    }
+    low
+}
+
+#[async_trait::async_trait]
+impl RequestHandler for DnsHandler {
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        mut response: R,
+    ) -> ResponseInfo {
+        // RFC 6891 §6.1.1: answer an OPT with an OPT advertising our size.
+        let mut edns = request.edns.as_ref().map(|_| {
+            let mut e = Edns::new();
+            e.set_max_payload(self.settings.udp_payload);
+            e
+        });
+        let udp = request.protocol() == Protocol::Udp;
+        let limit = match (&request.edns, udp) {
+            (_, false) => usize::from(u16::MAX),
+            (Some(req), true) => {
+                usize::from(req.max_payload().min(self.settings.udp_payload)).max(PLAIN_UDP_LIMIT)
+            }
+            (None, true) => PLAIN_UDP_LIMIT,
+        };
+
+        let early = if request.metadata.op_code != OpCode::Query {
+            Some(ResponseCode::NotImp)
+        } else if request.edns.as_ref().is_some_and(|e| e.version() > 0) {
+            // RFC 6891 §6.1.3.
+            Some(ResponseCode::BADVERS)
+        } else {
+            None
+        };
+        let info = request.request_info();
+        let sent = match (early, info) {
+            (Some(_), _) | (None, Err(_)) => {
+                let code = early.unwrap_or(ResponseCode::FormErr);
+                self.metrics.query(rcode_label(code), "invalid");
+                let mut builder = MessageResponseBuilder::from_message_request(request);
+                if let Some(e) = &edns {
+                    builder.edns(e);
+                }
+                response
+                    .send_response(builder.error_msg(&request.metadata, code))
+                    .await
+            }
+            (None, Ok(info)) => {
+                let original = info.query.original();
+                let question = Question {
+                    name: original.name().clone(),
+                    qtype: original.query_type(),
+                    qclass: original.query_class(),
+                };
+                let mut answer = self.answer(&question).await;
+
+                let mut metadata = Metadata::response_from_request(&request.metadata);
+                metadata.response_code = answer.rcode;
+                metadata.authoritative = answer.kind != Kind::OutOfZone;
+                metadata.recursion_available = false;
+                if let (Some(e), Some((code, text))) = (edns.as_mut(), &answer.extended_error) {
+                    let mut data = code.to_be_bytes().to_vec();
+                    data.extend_from_slice(text.as_bytes());
+                    e.options_mut()
+                        .insert(EdnsOption::Unknown(EDNS_EXTENDED_ERROR, data));
+                }
+                if udp
+                    && self.settings.udp_answer_limit > 0
+                    && answer.answers.len() > self.settings.udp_answer_limit
+                {
+                    answer.answers.truncate(self.settings.udp_answer_limit);
+                    metadata.truncation = true;
+                }
+                // RFC 2181 §9 and RFC 6891 §7: what does not fit goes, the
+                // OPT record stays, and TC is set when answers were cut.
+                let size = |answers: usize, additionals: usize| {
+                    encoded_len(
+                        &metadata,
+                        request,
+                        &answer.answers[..answers],
+                        &answer.authorities,
+                        &answer.additionals[..additionals],
+                        edns.as_ref(),
+                    )
+                };
+                let (all_answers, all_additionals) =
+                    (answer.answers.len(), answer.additionals.len());
+                if size(all_answers, all_additionals) > limit {
+                    if size(all_answers, 0) <= limit {
+                        let keep =
+                            largest_fitting(all_additionals, |n| size(all_answers, n) <= limit);
+                        answer.additionals.truncate(keep);
+                    } else {
+                        let keep = largest_fitting(all_answers, |n| size(n, 0) <= limit);
+                        answer.answers.truncate(keep);
+                        answer.additionals.clear();
+                        metadata.truncation = true;
+                    }
+                }
+
+                self.metrics
+                    .query(rcode_label(answer.rcode), answer.kind.label());
+                if answer.remote {
+                    if let Some(dc) = &answer.datacenter {
+                        self.metrics.remote_answer(dc);
+                    }
+                }
+                let mut builder = MessageResponseBuilder::from_message_request(request);
+                if let Some(e) = &edns {
+                    builder.edns(e);
+                }
+                let message = builder.build(
+                    metadata,
+                    answer.answers.iter(),
+                    answer.authorities.iter(),
+                    std::iter::empty(),
+                    answer.additionals.iter(),
+                );
+                response.send_response(message).await
+            }
+        };
+        sent.unwrap_or_else(|error| {
+            tracing::warn!(%error, "failed to send a DNS response");
+            let mut metadata = Metadata::response_from_request(&request.metadata);
+            metadata.response_code = ResponseCode::ServFail;
+            Header {
+                metadata,
+                counts: Default::default(),
+            }
+            .into()
+        })
+    }
+}
+
+/// A bind failure, naming the address.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen for DNS on {protocol} {address}: {source}")]
+pub struct ServeError {
+    /// "UDP" or "TCP".
+    pub protocol: &'static str,
+    /// The address.
+    pub address: SocketAddr,
+    /// Why.
+    pub source: std::io::Error,
+}
+
+/// Binds UDP and TCP on every address and returns the running server.
+pub async fn serve(
+    handler: DnsHandler,
+    listen: &[SocketAddr],
+    tcp_idle_timeout: Duration,
+) -> Result<(Server<DnsHandler>, Vec<SocketAddr>), ServeError> {
+    let mut server = Server::new(handler);
+    let mut bound = Vec::new();
+    for address in listen {
+        let udp = UdpSocket::bind(address)
+            .await
+            .map_err(|source| ServeError {
+                protocol: "UDP",
+                address: *address,
+                source,
+            })?;
+        let local = udp.local_addr().map_err(|source| ServeError {
+            protocol: "UDP",
+            address: *address,
+            source,
+        })?;
+        // Port 0 binds TCP on the port UDP got.
+        let tcp = TcpListener::bind(local)
+            .await
+            .map_err(|source| ServeError {
+                protocol: "TCP",
+                address: local,
+                source,
+            })?;
+        server.register_socket(udp);
+        server.register_listener(tcp, tcp_idle_timeout, 32);
+        bound.push(local);
+    }
+    Ok((server, bound))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,294 @@
+//! The handler over real sockets, fed from a view filled by hand (no
+//! Consul): the protocol rules around the answer logic.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use hickory_proto::op::{Message, MessageType, Query};
+use hickory_proto::rr::rdata::opt::EdnsCode;
+use hickory_proto::rr::{Name, RData, RecordType};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::*;
+use crate::config::Config;
+use crate::health::{Addresses, Check, CheckStatus, Instance, ServiceHealth};
+
+/// Starts no watch: the tests fill the view themselves.
+struct NoWatches;
+
+impl WatchDemand for NoWatches {
+    fn ensure_service(&self, _key: &ServiceKey) {}
+    fn ensure_catalog(&self, _datacenter: &str) {}
+}
+
+fn instances(count: u8) -> Vec<Instance> {
+    (1..=count)
+        .map(|i| Instance {
+            node: format!("node-{i}"),
+            service_id: "big".into(),
+            lan: Addresses::from_consul(&Ipv4Addr::new(10, 9, 0, i).to_string(), None, None),
+            wan: Addresses::default(),
+            service_address: false,
+            port: 80,
+            wan_port: None,
+            tags: vec![],
+            service_meta: BTreeMap::new(),
+            node_meta: BTreeMap::new(),
+            weight_passing: 1,
+            weight_warning: 1,
+            checks: vec![Check {
+                id: "serfHealth".into(),
+                status: CheckStatus::Passing,
+            }],
+        })
+        .collect()
+}
+
+/// A served handler over a view holding `big` (100 instances) and `web`
+/// (2) in dc1, and `later` watched but never synced.
+async fn start(extra: &str) -> (SocketAddr, Server<DnsHandler>) {
+    let config = Config::from_toml_str(
+        &format!("[dns]\nfirst_answer_wait = \"200ms\"\n{extra}\n[consul]\ndatacenter = \"dc1\"\n"),
+        "test.toml",
+    )
+    .unwrap();
+    let view = Arc::new(HealthView::new("dc1"));
+    view.apply_catalog(
+        "dc1",
+        ["big".to_owned(), "web".to_owned(), "later".to_owned()].into(),
+    );
+    view.apply_service(
+        &ServiceKey::new("dc1", "big"),
+        ServiceHealth {
+            index: 2,
+            instances: instances(100),
+        },
+    );
+    view.apply_service(
+        &ServiceKey::new("dc1", "web"),
+        ServiceHealth {
+            index: 2,
+            instances: instances(2),
+        },
+    );
+    view.add_service_slot(&ServiceKey::new("dc1", "later"));
+    let handler = DnsHandler::new(
+        Arc::new(ArcSwap::from_pointee(Resolver::new(&config))),
+        view,
+        Arc::new(NoWatches),
+        Metrics::new(),
+        WireSettings {
+            udp_payload: config.dns.udp_payload,
+            udp_answer_limit: config.dns.udp_answer_limit,
+            first_answer_wait: config.dns.first_answer_wait,
+        },
+    );
+    let (server, bound) = serve(
+        handler,
+        &["127.0.0.1:0".parse().unwrap()],
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    (bound[0], server)
+}
+
+fn query(name: &str, qtype: RecordType, edns: Option<u16>) -> Message {
+    let mut message = Message::query();
+    message.metadata.id = 4242;
+    message.add_query(Query::query(Name::from_ascii(name).unwrap(), qtype));
+    if let Some(size) = edns {
+        let mut e = Edns::new();
+        e.set_max_payload(size);
+        message.set_edns(e);
+    }
+    message
+}
+
+async fn udp(server: SocketAddr, bytes: &[u8]) -> (Message, usize) {
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    socket.send_to(bytes, server).await.unwrap();
+    let mut buffer = vec![0; 65_535];
+    let n = tokio::time::timeout(Duration::from_secs(3), socket.recv(&mut buffer))
+        .await
+        .expect("a reply")
+        .unwrap();
+    (Message::from_vec(&buffer[..n]).unwrap(), n)
+}
+
+async fn tcp(server: SocketAddr, message: &Message) -> Message {
+    let bytes = message.to_vec().unwrap();
+    let mut stream = tokio::net::TcpStream::connect(server).await.unwrap();
+    let mut framed = u16::try_from(bytes.len()).unwrap().to_be_bytes().to_vec();
+    framed.extend_from_slice(&bytes);
+    stream.write_all(&framed).await.unwrap();
+    let mut length = [0; 2];
+    tokio::time::timeout(Duration::from_secs(3), stream.read_exact(&mut length))
+        .await
+        .expect("a reply")
+        .unwrap();
+    let mut buffer = vec![0; usize::from(u16::from_be_bytes(length))];
+    stream.read_exact(&mut buffer).await.unwrap();
+    Message::from_vec(&buffer).unwrap()
+}
+
+#[tokio::test]
+async fn udp_truncation_sets_tc_and_keeps_opt_and_tcp_gives_all() {
+    let (server, _s) = start("").await;
+    let (reply, size) = udp(
+        server,
+        &query("big.query.consul.", RecordType::A, Some(4096))
+            .to_vec()
+            .unwrap(),
+    )
+    .await;
+    assert!(
+        reply.metadata.truncation,
+        "100 A records cannot fit 1232 bytes"
+    );
+    assert!(size <= 1232, "{size} bytes over UDP");
+    assert!(
+        !reply.answers.is_empty() && reply.answers.len() < 100,
+        "{}",
+        reply.answers.len()
+    );
+    let opt = reply
+        .edns
+        .as_ref()
+        .expect("OPT kept when truncating (RFC 6891 §7)");
+    assert_eq!(opt.max_payload(), 1232);
+
+    let (plain, size) = udp(
+        server,
+        &query("big.query.consul.", RecordType::A, None)
+            .to_vec()
+            .unwrap(),
+    )
+    .await;
+    assert!(
+        plain.metadata.truncation && size <= 512 && plain.edns.is_none(),
+        "{size}"
+    );
+
+    let all = tcp(
+        server,
+        &query("big.query.consul.", RecordType::A, Some(1232)),
+    )
+    .await;
+    assert!(!all.metadata.truncation);
+    assert_eq!(all.answers.len(), 100);
+
+    let (small, _) = udp(
+        server,
+        &query("web.query.consul.", RecordType::A, Some(1232))
+            .to_vec()
+            .unwrap(),
+    )
+    .await;
+    assert!(!small.metadata.truncation && small.answers.len() == 2 && small.metadata.authoritative);
+}
+
+#[tokio::test]
+async fn udp_answer_limit_caps_and_says_so() {
+    let (server, _s) = start("udp_answer_limit = 3").await;
+    let (reply, _) = udp(
+        server,
+        &query("web.query.consul.", RecordType::A, Some(1232))
+            .to_vec()
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(reply.answers.len(), 2);
+    assert!(!reply.metadata.truncation);
+    let (reply, _) = udp(
+        server,
+        &query("big.query.consul.", RecordType::A, Some(1232))
+            .to_vec()
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(reply.answers.len(), 3);
+    assert!(reply.metadata.truncation);
+}
+
+#[tokio::test]
+async fn protocol_errors_get_their_rcodes() {
+    let (server, _s) = start("").await;
+    let mut status = query("web.query.consul.", RecordType::A, None);
+    status.metadata.op_code = OpCode::Status;
+    let (reply, _) = udp(server, &status.to_vec().unwrap()).await;
+    assert_eq!(reply.metadata.response_code, ResponseCode::NotImp);
+
+    let mut badvers = query("web.query.consul.", RecordType::A, Some(1232));
+    badvers.edns.as_mut().unwrap().set_version(1);
+    let (reply, _) = udp(server, &badvers.to_vec().unwrap()).await;
+    // BADVERS and BADSIG share the value 16; the decoder names it BADSIG.
+    assert_eq!(
+        u16::from(reply.metadata.response_code),
+        u16::from(ResponseCode::BADVERS)
+    );
+    assert!(reply.edns.is_some(), "BADVERS travels in the OPT record");
+
+    let mut two = query("web.query.consul.", RecordType::A, None);
+    two.add_query(Query::query(
+        Name::from_ascii("big.query.consul.").unwrap(),
+        RecordType::A,
+    ));
+    let (reply, _) = udp(server, &two.to_vec().unwrap()).await;
+    assert_eq!(reply.metadata.response_code, ResponseCode::FormErr);
+    assert_eq!(reply.metadata.message_type, MessageType::Response);
+
+    let (reply, _) = udp(
+        server,
+        &query("example.com.", RecordType::A, None).to_vec().unwrap(),
+    )
+    .await;
+    assert_eq!(reply.metadata.response_code, ResponseCode::Refused);
+    assert!(!reply.metadata.recursion_available && !reply.metadata.authoritative);
+}
+
+#[tokio::test]
+async fn question_case_is_echoed() {
+    let (server, _s) = start("").await;
+    let (reply, _) = udp(
+        server,
+        &query("WeB.QuErY.cOnSuL.", RecordType::A, None)
+            .to_vec()
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(reply.queries[0].name().to_ascii(), "WeB.QuErY.cOnSuL.");
+    assert_eq!(reply.answers.len(), 2);
+    assert!(reply.answers.iter().all(|r| matches!(r.data, RData::A(_))));
+}
+
+#[tokio::test]
+async fn unsynced_data_gets_servfail_with_an_extended_error_in_time() {
+    let (server, _s) = start("").await;
+    let started = std::time::Instant::now();
+    let (reply, _) = udp(
+        server,
+        &query("later.query.consul.", RecordType::A, Some(1232))
+            .to_vec()
+            .unwrap(),
+    )
+    .await;
+    let waited = started.elapsed();
+    assert_eq!(reply.metadata.response_code, ResponseCode::ServFail);
+    assert!(
+        waited >= Duration::from_millis(150),
+        "answered after {waited:?}, before first_answer_wait"
+    );
+    match reply
+        .edns
+        .as_ref()
+        .and_then(|e| e.option(EdnsCode::Unknown(EDNS_EXTENDED_ERROR)))
+    {
+        Some(EdnsOption::Unknown(_, data)) => {
+            assert_eq!(u16::from_be_bytes([data[0], data[1]]), EDE_NOT_READY);
+            let text = String::from_utf8_lossy(&data[2..]);
+            assert!(text.contains("later in dc1"), "{text}");
+        }
+        other => panic!("no Extended DNS Error: {other:?}"),
+    }
+}

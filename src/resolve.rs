@@ -1,0 +1,790 @@
+//! The answer logic: a question, the health view and the query policy in,
+//! an [`Answer`] out. Pure: no I/O and no clock; the caller passes the SOA
+//! serial and the random source, so every branch is unit-testable.
+//!
+//! Names (DESIGN §2), relative to the zone (`consul.` or an alt domain):
+//! `<q>.query[.<dc>]`, `_<q>._tcp.query[.<dc>]`, `[<tag>.]<svc>.service[.<dc>]`,
+//! `_<svc>._<tag|tcp>.service[.<dc>]`, `<hex>.addr[.<dc>]`, the apex, and the
+//! empty non-terminals above them.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::rdata::{A, AAAA, CNAME, NS, SOA, SRV};
+use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
+
+use crate::config::{Config, OnAllUnhealthy, Policy, QueryDef};
+use crate::health::{CheckStatus, Data, HealthLookup, Instance, ServiceHealth, ServiceKey};
+
+/// A question as asked: the name keeps the client's letter case.
+#[derive(Clone, Debug)]
+pub struct Question {
+    /// QNAME, as sent.
+    pub name: Name,
+    /// QTYPE.
+    pub qtype: RecordType,
+    /// QCLASS.
+    pub qclass: DNSClass,
+}
+
+/// What kind of name a question was about (a metric label).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// `*.query.<domain>`.
+    Query,
+    /// `*.service.<domain>`.
+    Service,
+    /// `*.addr.<domain>`.
+    Addr,
+    /// The apex and empty non-terminals.
+    Zone,
+    /// Another name in the zone.
+    Other,
+    /// A name outside the zone.
+    OutOfZone,
+}
+
+impl Kind {
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Query => "query",
+            Self::Service => "service",
+            Self::Addr => "addr",
+            Self::Zone => "zone",
+            Self::Other => "other",
+            Self::OutOfZone => "out_of_zone",
+        }
+    }
+}
+
+/// A complete answer.
+#[derive(Clone, Debug)]
+pub struct Answer {
+    /// RCODE.
+    pub rcode: ResponseCode,
+    /// Answer section.
+    pub answers: Vec<Record>,
+    /// Authority section (the apex SOA on negative answers).
+    pub authorities: Vec<Record>,
+    /// Additional section (SRV targets' addresses).
+    pub additionals: Vec<Record>,
+    /// What was asked about.
+    pub kind: Kind,
+    /// The datacenter whose instances answered, if any.
+    pub datacenter: Option<String>,
+    /// Whether that datacenter is not the local one.
+    pub remote: bool,
+    /// An Extended DNS Error (RFC 8914) info code and text.
+    pub extended_error: Option<(u16, String)>,
+}
+
+impl Answer {
+    fn empty(kind: Kind, rcode: ResponseCode) -> Self {
+        Self {
+            rcode,
+            answers: Vec::new(),
+            authorities: Vec::new(),
+            additionals: Vec::new(),
+            kind,
+            datacenter: None,
+            remote: false,
+            extended_error: None,
+        }
+    }
+}
+
+/// The result of one resolution pass.
+#[derive(Clone, Debug)]
+pub enum Outcome {
+    /// A final answer.
+    Answer(Answer),
+    /// Data the answer needs is not synced yet: start these watches, wait,
+    /// and resolve again.
+    Pending(Needs),
+}
+
+/// Data a pending answer waits for.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Needs {
+    /// Service health per (datacenter, service).
+    pub services: Vec<ServiceKey>,
+    /// Catalogs of these datacenters.
+    pub catalogs: Vec<String>,
+}
+
+/// Per-call inputs that would otherwise need the clock or a global RNG.
+pub struct Context<'a> {
+    /// The SOA serial (Unix seconds, as Consul uses).
+    pub serial: u32,
+    /// Shuffles answers.
+    pub rng: &'a mut fastrand::Rng,
+}
+
+/// EDE info code 14, "Not Ready" (RFC 8914 §4.15).
+pub const EDE_NOT_READY: u16 = 14;
+
+/// The settled configuration resolution needs.
+#[derive(Clone, Debug)]
+pub struct Resolver {
+    domains: Vec<Name>,
+    queries: HashMap<String, Arc<QueryDef>>,
+    implicit: bool,
+    defaults: Policy,
+    ttl: u32,
+    negative_ttl: u32,
+    translate_wan_addrs: bool,
+}
+
+fn seconds(d: Duration) -> u32 {
+    u32::try_from(d.as_secs()).unwrap_or(u32::MAX)
+}
+
+impl Resolver {
+    /// Settles a validated configuration.
+    pub fn new(config: &Config) -> Self {
+        let domains = std::iter::once(&config.dns.domain)
+            .chain(&config.dns.alt_domains)
+            .filter_map(|d| {
+                let fqdn = format!("{}.", d.trim_end_matches('.').to_ascii_lowercase());
+                Name::from_ascii(fqdn).ok()
+            })
+            .collect();
+        let queries = config
+            .query_defs()
+            .into_iter()
+            .map(|q| (q.name.clone(), Arc::new(q)))
+            .collect();
+        Self {
+            domains,
+            queries,
+            implicit: config.queries.implicit,
+            defaults: config.queries.defaults.clone(),
+            ttl: seconds(config.dns.ttl),
+            negative_ttl: seconds(config.dns.negative_ttl),
+            translate_wan_addrs: config.consul.translate_wan_addrs,
+        }
+    }
+
+    /// The `[[query]]` definitions.
+    pub fn query_defs(&self) -> impl Iterator<Item = &QueryDef> {
+        self.queries.values().map(|q| &**q)
+    }
+
+    /// The failover chain of a policy seen from `local`: the local
+    /// datacenter, the `nearest_n` nearest others, then the listed ones
+    /// that are known, not local and not already chosen (reference §5.4).
+    pub fn chain(policy: &Policy, local: &str, datacenters: &[String]) -> Vec<String> {
+        let mut chain = vec![local.to_owned()];
+        let nearest = datacenters.iter().filter(|dc| *dc != local);
+        chain.extend(nearest.take(policy.failover.nearest_n).cloned());
+        for dc in &policy.failover.datacenters {
+            if datacenters.contains(dc) && !chain.contains(dc) {
+                chain.push(dc.clone());
+            }
+        }
+        chain
+    }
+
+    /// Answers one question from the view.
+    pub fn resolve(
+        &self,
+        question: &Question,
+        view: &impl HealthLookup,
+        ctx: &mut Context<'_>,
+    ) -> Outcome {
+        let Some(domain) = self.domains.iter().find(|d| d.zone_of(&question.name)) else {
+            return Outcome::Answer(Answer::empty(Kind::OutOfZone, ResponseCode::Refused));
+        };
+        if question.qclass != DNSClass::IN {
+            return Outcome::Answer(Answer::empty(Kind::OutOfZone, ResponseCode::Refused));
+        }
+        let zone = Zone {
+            domain,
+            soa: self.soa(domain, ctx.serial),
+        };
+        let relative = relative_labels(&question.name, domain);
+        let labels: Vec<&str> = relative.iter().map(String::as_str).collect();
+        let datacenters = view.datacenters();
+        let local = view.local_datacenter();
+        match Parsed::from_labels(&labels, &datacenters) {
+            Parsed::Apex => Outcome::Answer(self.apex(question, &zone)),
+            Parsed::EmptyNonTerminal => Outcome::Answer(zone.nodata(Kind::Zone)),
+            Parsed::UnknownDatacenter(kind) | Parsed::NoSuchName(kind) => {
+                Outcome::Answer(zone.nxdomain(kind))
+            }
+            Parsed::Addr { ip, datacenter } => {
+                Outcome::Answer(self.addr(question, &zone, ip, datacenter))
+            }
+            Parsed::Query { name, datacenter } => {
+                let local = datacenter.unwrap_or(&local);
+                self.query(question, &zone, view, ctx, &name, local, &datacenters)
+            }
+            Parsed::Service {
+                service,
+                tag,
+                datacenter,
+            } => {
+                let dc = datacenter.unwrap_or(&local);
+                let def = QueryDef {
+                    tags: tag.map(|t| vec![t]).unwrap_or_default(),
+                    ..QueryDef::implicit(
+                        &service,
+                        &Policy::default(),
+                        Duration::from_secs(u64::from(self.ttl)),
+                    )
+                };
+                let dc_is_local = dc == local.as_str();
+                self.lookup(
+                    question,
+                    &zone,
+                    view,
+                    ctx,
+                    &def,
+                    &[dc.to_owned()],
+                    Kind::Service,
+                    !dc_is_local,
+                )
+            }
+        }
+    }
+
+    fn soa(&self, domain: &Name, serial: u32) -> Record {
+        let mname = Name::from_ascii("ns")
+            .and_then(|n| n.append_domain(domain))
+            .unwrap_or_else(|_| domain.clone());
+        let rname = Name::from_ascii("hostmaster")
+            .and_then(|n| n.append_domain(domain))
+            .unwrap_or_else(|_| domain.clone());
+        let soa = SOA::new(mname, rname, serial, 3600, 600, 86_400, self.negative_ttl);
+        Record::from_rdata(domain.clone(), self.negative_ttl, RData::SOA(soa))
+    }
+
+    fn apex(&self, question: &Question, zone: &Zone<'_>) -> Answer {
+        let mut answer = Answer::empty(Kind::Zone, ResponseCode::NoError);
+        let ns = || {
+            let target = Name::from_ascii("ns").and_then(|n| n.append_domain(zone.domain));
+            target
+                .map(|t| Record::from_rdata(question.name.clone(), self.ttl, RData::NS(NS(t))))
+                .ok()
+        };
+        let mut soa = zone.soa.clone();
+        soa.name = question.name.clone();
+        match question.qtype {
+            RecordType::SOA => answer.answers.push(soa),
+            RecordType::NS => answer.answers.extend(ns()),
+            RecordType::ANY => {
+                answer.answers.push(soa);
+                answer.answers.extend(ns());
+            }
+            _ => return zone.nodata(Kind::Zone),
+        }
+        answer
+    }
+
+    fn addr(&self, question: &Question, zone: &Zone<'_>, ip: IpAddr, _dc: Option<&str>) -> Answer {
+        let data = match (ip, question.qtype) {
+            (IpAddr::V4(v4), RecordType::A | RecordType::ANY) => RData::A(A(v4)),
+            (IpAddr::V6(v6), RecordType::AAAA | RecordType::ANY) => RData::AAAA(AAAA(v6)),
+            _ => return zone.nodata(Kind::Addr),
+        };
+        let mut answer = Answer::empty(Kind::Addr, ResponseCode::NoError);
+        answer
+            .answers
+            .push(Record::from_rdata(question.name.clone(), self.ttl, data));
+        answer
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn query(
+        &self,
+        question: &Question,
+        zone: &Zone<'_>,
+        view: &impl HealthLookup,
+        ctx: &mut Context<'_>,
+        name: &str,
+        local: &str,
+        datacenters: &[String],
+    ) -> Outcome {
+        if let Some(def) = self.queries.get(name) {
+            let chain = Self::chain(&def.policy, local, datacenters);
+            return self.lookup(question, zone, view, ctx, def, &chain, Kind::Query, false);
+        }
+        if !self.implicit {
+            return Outcome::Answer(zone.nxdomain(Kind::Query));
+        }
+        let def = QueryDef::implicit(
+            name,
+            &self.defaults,
+            Duration::from_secs(u64::from(self.ttl)),
+        );
+        let chain = Self::chain(&def.policy, local, datacenters);
+        // An implicit query names a service: without one in any catalog of
+        // the chain it is NXDOMAIN, and no watch is started for it.
+        let mut pending = Vec::new();
+        let mut known = false;
+        for dc in &chain {
+            match view.catalog(dc) {
+                Data::Ready(catalog) => known |= catalog.contains(name),
+                Data::Pending => pending.push(dc.clone()),
+            }
+        }
+        if !known {
+            if pending.is_empty() {
+                return Outcome::Answer(zone.nxdomain(Kind::Query));
+            }
+            return Outcome::Pending(Needs {
+                services: Vec::new(),
+                catalogs: pending,
+            });
+        }
+        self.lookup(question, zone, view, ctx, &def, &chain, Kind::Query, false)
+    }
+
+    /// Walks the chain and answers from the first datacenter with enough
+    /// usable instances.
+    #[allow(clippy::too_many_arguments)]
+    fn lookup(
+        &self,
+        question: &Question,
+        zone: &Zone<'_>,
+        view: &impl HealthLookup,
+        ctx: &mut Context<'_>,
+        def: &QueryDef,
+        chain: &[String],
+        kind: Kind,
+        first_is_remote: bool,
+    ) -> Outcome {
+        let answer_from =
+            |position: usize, health: &ServiceHealth, ctx: &mut Context<'_>, all: bool| {
+                let instances: Vec<&Instance> = if all {
+                    health.instances.iter().collect()
+                } else {
+                    usable_instances(&health.instances, def)
+                };
+                let remote = position > 0 || first_is_remote;
+                Outcome::Answer(self.render(
+                    question,
+                    zone,
+                    ctx,
+                    def,
+                    &chain[position],
+                    remote,
+                    &instances,
+                    kind,
+                ))
+            };
+        let mut seen: Vec<(usize, Arc<ServiceHealth>, usize)> = Vec::with_capacity(chain.len());
+        for (position, dc) in chain.iter().enumerate() {
+            let catalog = view.catalog(dc);
+            if matches!(&catalog, Data::Ready(c) if !c.contains(&def.service)) {
+                continue;
+            }
+            let health = match view.service(dc, &def.service) {
+                Data::Ready(health) => health,
+                Data::Pending => {
+                    let catalogs = if catalog == Data::Pending {
+                        vec![dc.clone()]
+                    } else {
+                        Vec::new()
+                    };
+                    return Outcome::Pending(Needs {
+                        services: vec![ServiceKey::new(dc, &def.service)],
+                        catalogs,
+                    });
+                }
+            };
+            let usable = usable_instances(&health.instances, def).len();
+            if usable >= def.policy.min_healthy {
+                return answer_from(position, &health, ctx, false);
+            }
+            seen.push((position, health, usable));
+        }
+        // Below min_healthy everywhere: the first datacenter with anything
+        // usable beats no answer.
+        if let Some((position, health, _)) = seen.iter().find(|(_, _, usable)| *usable > 0) {
+            return answer_from(*position, health, ctx, false);
+        }
+        match def.policy.on_all_unhealthy {
+            OnAllUnhealthy::Nxdomain => Outcome::Answer(zone.nxdomain(kind)),
+            OnAllUnhealthy::Servfail => {
+                Outcome::Answer(Answer::empty(kind, ResponseCode::ServFail))
+            }
+            OnAllUnhealthy::FailOpen => match seen.first() {
+                Some((0, health, _)) if !health.instances.is_empty() => {
+                    answer_from(0, health, ctx, true)
+                }
+                _ => Outcome::Answer(zone.nxdomain(kind)),
+            },
+        }
+    }
+
+    /// Records for the chosen instances.
+    #[allow(clippy::too_many_arguments)]
+    fn render(
+        &self,
+        question: &Question,
+        zone: &Zone<'_>,
+        ctx: &mut Context<'_>,
+        def: &QueryDef,
+        dc: &str,
+        remote: bool,
+        instances: &[&Instance],
+        kind: Kind,
+    ) -> Answer {
+        let ttl = seconds(def.ttl);
+        let wan = remote && self.translate_wan_addrs;
+        let owner = &question.name;
+        let mut answer = Answer::empty(kind, ResponseCode::NoError);
+        answer.datacenter = Some(dc.to_owned());
+        answer.remote = remote;
+        let addresses = |i: &Instance| {
+            if wan && !i.wan.is_empty() {
+                i.wan.clone()
+            } else {
+                i.lan.clone()
+            }
+        };
+        match question.qtype {
+            RecordType::A | RecordType::AAAA | RecordType::ANY => {
+                let want_v4 = question.qtype != RecordType::AAAA;
+                let want_v6 = question.qtype != RecordType::A;
+                let mut seen = HashSet::new();
+                let mut hostname = None;
+                for instance in instances {
+                    let a = addresses(instance);
+                    if want_v4 {
+                        if let Some(v4) = a.v4.filter(|ip| seen.insert(IpAddr::V4(*ip))) {
+                            answer.answers.push(Record::from_rdata(
+                                owner.clone(),
+                                ttl,
+                                RData::A(A(v4)),
+                            ));
+                        }
+                    }
+                    if want_v6 {
+                        if let Some(v6) = a.v6.filter(|ip| seen.insert(IpAddr::V6(*ip))) {
+                            answer.answers.push(Record::from_rdata(
+                                owner.clone(),
+                                ttl,
+                                RData::AAAA(AAAA(v6)),
+                            ));
+                        }
+                    }
+                    if hostname.is_none() && a.v4.is_none() && a.v6.is_none() {
+                        hostname = a.hostname.clone();
+                    }
+                }
+                let any_ip = instances.iter().any(|i| {
+                    let a = addresses(i);
+                    a.v4.is_some() || a.v6.is_some()
+                });
+                if answer.answers.is_empty() && !any_ip {
+                    // Only host names: one CNAME, as Consul answers.
+                    if let Some(target) = hostname.and_then(|h| fqdn(&h)) {
+                        answer.answers.push(Record::from_rdata(
+                            owner.clone(),
+                            ttl,
+                            RData::CNAME(CNAME(target)),
+                        ));
+                    }
+                }
+                ctx.rng.shuffle(&mut answer.answers);
+            }
+            RecordType::SRV => {
+                let mut seen = HashSet::new();
+                let mut glue_seen = HashSet::new();
+                let mut records = Vec::new();
+                for instance in instances {
+                    let a = addresses(instance);
+                    let port = if wan {
+                        instance.wan_port.unwrap_or(instance.port)
+                    } else {
+                        instance.port
+                    };
+                    let weight = match instance.status(&def.ignore_check_ids) {
+                        CheckStatus::Warning => instance.weight_warning,
+                        _ => instance.weight_passing,
+                    };
+                    let ip = a.v4.map(IpAddr::V4).or(a.v6.map(IpAddr::V6));
+                    let key = (instance.node.clone(), ip, a.hostname.clone(), port);
+                    if !seen.insert(key) {
+                        continue;
+                    }
+                    let (target, glue) = match (ip, &a.hostname) {
+                        (None, Some(host)) => match fqdn(host) {
+                            Some(t) => (t, Vec::new()),
+                            None => continue,
+                        },
+                        (None, None) => continue,
+                        (Some(ip), _) => {
+                            let node_target = (!instance.service_address && !wan)
+                                .then(|| node_name(&instance.node, dc, zone.domain))
+                                .flatten();
+                            let target =
+                                node_target.unwrap_or_else(|| addr_name(ip, dc, zone.domain));
+                            let mut glue = Vec::new();
+                            if let Some(v4) = a.v4 {
+                                glue.push(Record::from_rdata(target.clone(), ttl, RData::A(A(v4))));
+                            }
+                            if let Some(v6) = a.v6 {
+                                glue.push(Record::from_rdata(
+                                    target.clone(),
+                                    ttl,
+                                    RData::AAAA(AAAA(v6)),
+                                ));
+                            }
+                            (target, glue)
+                        }
+                    };
+                    records.push((
+                        Record::from_rdata(
+                            owner.clone(),
+                            ttl,
+                            RData::SRV(SRV::new(1, weight, port, target)),
+                        ),
+                        glue,
+                    ));
+                }
+                ctx.rng.shuffle(&mut records);
+                for (srv, glue) in records {
+                    answer.answers.push(srv);
+                    for g in glue {
+                        if glue_seen.insert((g.name.clone(), g.data.clone())) {
+                            answer.additionals.push(g);
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+        if answer.answers.is_empty() {
+            let mut nodata = zone.nodata(kind);
+            nodata.datacenter = answer.datacenter;
+            nodata.remote = answer.remote;
+            return nodata;
+        }
+        answer
+    }
+}
+
+/// The zone a question fell in.
+struct Zone<'a> {
+    domain: &'a Name,
+    soa: Record,
+}
+
+impl Zone<'_> {
+    fn nxdomain(&self, kind: Kind) -> Answer {
+        let mut answer = Answer::empty(kind, ResponseCode::NXDomain);
+        answer.authorities.push(self.soa.clone());
+        answer
+    }
+
+    fn nodata(&self, kind: Kind) -> Answer {
+        let mut answer = Answer::empty(kind, ResponseCode::NoError);
+        answer.authorities.push(self.soa.clone());
+        answer
+    }
+}
+
+/// Instances that pass the query's filters and health rules.
+pub fn usable_instances<'a>(instances: &'a [Instance], def: &QueryDef) -> Vec<&'a Instance> {
+    instances
+        .iter()
+        .filter(|i| tags_match(&i.tags, &def.tags))
+        .filter(|i| {
+            def.node_meta
+                .iter()
+                .all(|(k, v)| i.node_meta.get(k) == Some(v))
+        })
+        .filter(|i| {
+            def.service_meta
+                .iter()
+                .all(|(k, v)| i.service_meta.get(k) == Some(v))
+        })
+        .filter(|i| match i.status(&def.ignore_check_ids) {
+            CheckStatus::Passing => true,
+            CheckStatus::Warning => !def.policy.only_passing,
+            CheckStatus::Critical => false,
+        })
+        .collect()
+}
+
+/// Consul's tag filter: every plain tag present, every `!tag` absent,
+/// compared case-insensitively.
+pub fn tags_match(have: &[String], want: &[String]) -> bool {
+    want.iter().all(|w| match w.strip_prefix('!') {
+        Some(excluded) => !have.iter().any(|h| h.eq_ignore_ascii_case(excluded)),
+        None => have.iter().any(|h| h.eq_ignore_ascii_case(w)),
+    })
+}
+
+fn fqdn(host: &str) -> Option<Name> {
+    let host = host.trim_end_matches('.');
+    Name::from_ascii(format!("{host}.")).ok()
+}
+
+fn node_name(node: &str, dc: &str, domain: &Name) -> Option<Name> {
+    Name::from_ascii(format!("{node}.node.{dc}"))
+        .ok()?
+        .append_domain(domain)
+        .ok()
+}
+
+fn addr_name(ip: IpAddr, dc: &str, domain: &Name) -> Name {
+    let hex = match ip {
+        IpAddr::V4(v4) => format!("{:08x}", u32::from(v4)),
+        IpAddr::V6(v6) => format!("{:032x}", u128::from(v6)),
+    };
+    Name::from_ascii(format!("{hex}.addr.{dc}"))
+        .and_then(|n| n.append_domain(domain))
+        .unwrap_or_else(|_| domain.clone())
+}
+
+/// The question's labels left of the zone, lower-cased, leftmost first.
+fn relative_labels(name: &Name, domain: &Name) -> Vec<String> {
+    let keep = usize::from(name.num_labels().saturating_sub(domain.num_labels()));
+    name.iter()
+        .take(keep)
+        .map(|l| String::from_utf8_lossy(l).to_ascii_lowercase())
+        .collect()
+}
+
+/// A name in the zone, classified.
+#[derive(Debug, PartialEq, Eq)]
+enum Parsed<'a> {
+    Apex,
+    EmptyNonTerminal,
+    Query {
+        name: String,
+        datacenter: Option<&'a str>,
+    },
+    Service {
+        service: String,
+        tag: Option<String>,
+        datacenter: Option<&'a str>,
+    },
+    Addr {
+        ip: IpAddr,
+        datacenter: Option<&'a str>,
+    },
+    UnknownDatacenter(Kind),
+    NoSuchName(Kind),
+}
+
+const KIND_LABELS: [&str; 4] = ["query", "service", "node", "addr"];
+
+impl<'a> Parsed<'a> {
+    fn from_labels(labels: &[&str], datacenters: &'a [String]) -> Self {
+        let known_dc = |label: &str| {
+            datacenters
+                .iter()
+                .find(|d| d.eq_ignore_ascii_case(label))
+                .map(String::as_str)
+        };
+        let Some(last) = labels.last() else {
+            return Self::Apex;
+        };
+        // `<kind>` or `<kind>.<dc>` alone, or a bare known `<dc>`: the
+        // ancestors of real names.
+        if labels.len() == 1
+            && (KIND_LABELS.contains(last) || known_dc(last).is_some() || *last == "ns")
+        {
+            return Self::EmptyNonTerminal;
+        }
+        // Find the kind label: the last label, or the one before a DC label.
+        let (kind_at, datacenter) = if KIND_LABELS.contains(last) {
+            (labels.len() - 1, None)
+        } else if labels.len() >= 2 && KIND_LABELS.contains(&labels[labels.len() - 2]) {
+            match known_dc(last) {
+                Some(dc) => (labels.len() - 2, Some(dc)),
+                None => return Self::UnknownDatacenter(kind_of(labels[labels.len() - 2])),
+            }
+        } else {
+            return Self::NoSuchName(Kind::Other);
+        };
+        let head = &labels[..kind_at];
+        if head.is_empty() {
+            return Self::EmptyNonTerminal;
+        }
+        match labels[kind_at] {
+            "query" => {
+                if head == ["_tcp"] {
+                    return Self::EmptyNonTerminal;
+                }
+                let name = match head {
+                    [q, tcp] if q.starts_with('_') && *tcp == "_tcp" => q[1..].to_owned(),
+                    _ => head.join("."),
+                };
+                if name.is_empty() {
+                    return Self::NoSuchName(Kind::Query);
+                }
+                Self::Query { name, datacenter }
+            }
+            "service" => {
+                if head.len() == 1 && head[0].starts_with('_') {
+                    return Self::EmptyNonTerminal;
+                }
+                let (service, tag) = match head {
+                    [svc, tag] if svc.starts_with('_') && tag.starts_with('_') => {
+                        let tag = &tag[1..];
+                        (svc[1..].to_owned(), (tag != "tcp").then(|| tag.to_owned()))
+                    }
+                    [tags @ .., svc] => (
+                        (*svc).to_owned(),
+                        (!tags.is_empty()).then(|| tags.join(".")),
+                    ),
+                    [] => return Self::EmptyNonTerminal,
+                };
+                if service.is_empty() {
+                    return Self::NoSuchName(Kind::Service);
+                }
+                Self::Service {
+                    service,
+                    tag,
+                    datacenter,
+                }
+            }
+            "addr" => match head {
+                [hex] => parse_hex_ip(hex).map_or(Self::NoSuchName(Kind::Addr), |ip| Self::Addr {
+                    ip,
+                    datacenter,
+                }),
+                _ => Self::NoSuchName(Kind::Addr),
+            },
+            _ => Self::NoSuchName(Kind::Other),
+        }
+    }
+}
+
+fn kind_of(label: &str) -> Kind {
+    match label {
+        "query" => Kind::Query,
+        "service" => Kind::Service,
+        "addr" => Kind::Addr,
+        _ => Kind::Other,
+    }
+}
+
+/// `<hex>.addr`: 8 hex digits are IPv4, 32 are IPv6.
+fn parse_hex_ip(hex: &str) -> Option<IpAddr> {
+    if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    match hex.len() {
+        8 => u32::from_str_radix(hex, 16)
+            .ok()
+            .map(|v| IpAddr::V4(Ipv4Addr::from(v))),
+        32 => u128::from_str_radix(hex, 16)
+            .ok()
+            .map(|v| IpAddr::V6(Ipv6Addr::from(v))),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests;

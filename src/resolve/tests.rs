@@ -1,0 +1,859 @@
+//! Unit and property tests of the answer logic, against a fixed view.
+
+use std::collections::{BTreeMap, HashMap};
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::health::{Addresses, Catalog, Check};
+
+/// A view held in plain maps.
+#[derive(Default)]
+struct FixedView {
+    local: String,
+    datacenters: Vec<String>,
+    services: HashMap<(String, String), Arc<ServiceHealth>>,
+    catalogs: HashMap<String, Arc<Catalog>>,
+}
+
+impl HealthLookup for FixedView {
+    fn local_datacenter(&self) -> Arc<String> {
+        Arc::new(self.local.clone())
+    }
+    fn datacenters(&self) -> Arc<Vec<String>> {
+        Arc::new(self.datacenters.clone())
+    }
+    fn service(&self, datacenter: &str, service: &str) -> Data<Arc<ServiceHealth>> {
+        self.services
+            .get(&(datacenter.to_owned(), service.to_owned()))
+            .cloned()
+            .map_or(Data::Pending, Data::Ready)
+    }
+    fn catalog(&self, datacenter: &str) -> Data<Arc<Catalog>> {
+        self.catalogs
+            .get(datacenter)
+            .cloned()
+            .map_or(Data::Pending, Data::Ready)
+    }
+}
+
+impl FixedView {
+    fn new(dcs: &[&str]) -> Self {
+        Self {
+            local: dcs[0].to_owned(),
+            datacenters: dcs.iter().map(|d| (*d).to_owned()).collect(),
+            ..Self::default()
+        }
+    }
+
+    /// Sets a service's instances in a DC and lists it in that DC's catalog.
+    fn set(&mut self, dc: &str, service: &str, instances: Vec<Instance>) {
+        self.services.insert(
+            (dc.to_owned(), service.to_owned()),
+            Arc::new(ServiceHealth {
+                index: 1,
+                instances,
+            }),
+        );
+        let mut catalog = self
+            .catalogs
+            .get(dc)
+            .map(|c| Catalog::clone(c))
+            .unwrap_or_default();
+        catalog.insert(service.to_owned());
+        self.catalogs.insert(dc.to_owned(), Arc::new(catalog));
+    }
+
+    fn empty_catalog(&mut self, dc: &str) {
+        self.catalogs.entry(dc.to_owned()).or_default();
+    }
+}
+
+fn instance(node: &str, address: &str, status: CheckStatus) -> Instance {
+    Instance {
+        node: node.to_owned(),
+        service_id: "svc".to_owned(),
+        lan: Addresses::from_consul(address, None, None),
+        wan: Addresses::default(),
+        service_address: false,
+        port: 3000,
+        wan_port: None,
+        tags: vec![],
+        service_meta: BTreeMap::new(),
+        node_meta: BTreeMap::new(),
+        weight_passing: 10,
+        weight_warning: 1,
+        checks: vec![
+            Check {
+                id: "serfHealth".to_owned(),
+                status: CheckStatus::Passing,
+            },
+            Check {
+                id: "service:svc".to_owned(),
+                status,
+            },
+        ],
+    }
+}
+
+fn resolver(toml: &str) -> Resolver {
+    Resolver::new(&Config::from_toml_str(toml, "test.toml").unwrap())
+}
+
+fn ask(r: &Resolver, view: &FixedView, name: &str, qtype: RecordType) -> Outcome {
+    let question = Question {
+        name: Name::from_ascii(name).unwrap(),
+        qtype,
+        qclass: DNSClass::IN,
+    };
+    let mut rng = fastrand::Rng::with_seed(7);
+    r.resolve(
+        &question,
+        view,
+        &mut Context {
+            serial: 1234,
+            rng: &mut rng,
+        },
+    )
+}
+
+fn answer(r: &Resolver, view: &FixedView, name: &str, qtype: RecordType) -> Answer {
+    match ask(r, view, name, qtype) {
+        Outcome::Answer(a) => a,
+        Outcome::Pending(needs) => panic!("{name} {qtype}: pending on {needs:?}"),
+    }
+}
+
+fn a_records(answer: &Answer) -> Vec<String> {
+    let mut out: Vec<String> = answer
+        .answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(a) => Some(a.0.to_string()),
+            RData::AAAA(a) => Some(a.0.to_string()),
+            _ => None,
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn is_soa_only_authority(answer: &Answer) -> bool {
+    answer.authorities.len() == 1
+        && matches!(answer.authorities[0].data, RData::SOA(_))
+        && answer.authorities[0].name == Name::from_ascii("consul.").unwrap()
+}
+
+const FAILOVER: &str = "[[query]]\nname = \"grafana\"\nfailover = { datacenters = [\"dc2\"] }\n";
+
+fn two_dcs() -> FixedView {
+    let mut view = FixedView::new(&["dc1", "dc2"]);
+    view.set(
+        "dc1",
+        "grafana",
+        vec![
+            instance("a1", "10.1.0.1", CheckStatus::Passing),
+            instance("a2", "10.1.0.2", CheckStatus::Passing),
+        ],
+    );
+    view.set(
+        "dc2",
+        "grafana",
+        vec![instance("b1", "10.2.0.1", CheckStatus::Passing)],
+    );
+    view
+}
+
+#[test]
+fn query_answers_local_instances() {
+    let r = resolver(FAILOVER);
+    let a = answer(&r, &two_dcs(), "grafana.query.consul.", RecordType::A);
+    assert_eq!(a.rcode, ResponseCode::NoError);
+    assert_eq!(a_records(&a), ["10.1.0.1", "10.1.0.2"]);
+    assert_eq!(a.datacenter.as_deref(), Some("dc1"));
+    assert!(!a.remote);
+    assert!(a.authorities.is_empty());
+}
+
+#[test]
+fn query_fails_over_when_every_local_instance_is_critical() {
+    let r = resolver(FAILOVER);
+    let mut view = two_dcs();
+    view.set(
+        "dc1",
+        "grafana",
+        vec![
+            instance("a1", "10.1.0.1", CheckStatus::Critical),
+            instance("a2", "10.1.0.2", CheckStatus::Critical),
+        ],
+    );
+    let a = answer(&r, &view, "grafana.query.consul.", RecordType::A);
+    assert_eq!(a_records(&a), ["10.2.0.1"]);
+    assert_eq!(a.datacenter.as_deref(), Some("dc2"));
+    assert!(a.remote);
+}
+
+#[test]
+fn warning_is_usable_unless_only_passing() {
+    let mut view = two_dcs();
+    view.set(
+        "dc1",
+        "grafana",
+        vec![instance("a1", "10.1.0.1", CheckStatus::Warning)],
+    );
+    let a = answer(
+        &resolver(FAILOVER),
+        &view,
+        "grafana.query.consul.",
+        RecordType::A,
+    );
+    assert_eq!(a_records(&a), ["10.1.0.1"]);
+    let strict = format!("{FAILOVER}only_passing = true\n");
+    let a = answer(
+        &resolver(&strict),
+        &view,
+        "grafana.query.consul.",
+        RecordType::A,
+    );
+    assert_eq!(a_records(&a), ["10.2.0.1"]);
+}
+
+#[test]
+fn min_healthy_fails_over_early_and_falls_back_to_the_best_partial() {
+    let two = format!("{FAILOVER}min_healthy = 2\n");
+    let mut view = two_dcs();
+    view.set(
+        "dc1",
+        "grafana",
+        vec![
+            instance("a1", "10.1.0.1", CheckStatus::Passing),
+            instance("a2", "10.1.0.2", CheckStatus::Critical),
+        ],
+    );
+    view.set(
+        "dc2",
+        "grafana",
+        vec![
+            instance("b1", "10.2.0.1", CheckStatus::Passing),
+            instance("b2", "10.2.0.2", CheckStatus::Passing),
+        ],
+    );
+    let a = answer(
+        &resolver(&two),
+        &view,
+        "grafana.query.consul.",
+        RecordType::A,
+    );
+    assert_eq!(a_records(&a), ["10.2.0.1", "10.2.0.2"]);
+    // dc2 down to one as well: the first DC with anything usable answers.
+    view.set(
+        "dc2",
+        "grafana",
+        vec![instance("b1", "10.2.0.1", CheckStatus::Passing)],
+    );
+    let a = answer(
+        &resolver(&two),
+        &view,
+        "grafana.query.consul.",
+        RecordType::A,
+    );
+    assert_eq!(a_records(&a), ["10.1.0.1"]);
+}
+
+#[test]
+fn all_unhealthy_follows_on_all_unhealthy() {
+    let mut view = two_dcs();
+    view.set(
+        "dc1",
+        "grafana",
+        vec![instance("a1", "10.1.0.1", CheckStatus::Critical)],
+    );
+    view.set(
+        "dc2",
+        "grafana",
+        vec![instance("b1", "10.2.0.1", CheckStatus::Critical)],
+    );
+    let a = answer(
+        &resolver(FAILOVER),
+        &view,
+        "grafana.query.consul.",
+        RecordType::A,
+    );
+    assert_eq!(a.rcode, ResponseCode::NXDomain);
+    assert!(is_soa_only_authority(&a));
+    let servfail = format!("{FAILOVER}on_all_unhealthy = \"servfail\"\n");
+    let a = answer(
+        &resolver(&servfail),
+        &view,
+        "grafana.query.consul.",
+        RecordType::A,
+    );
+    assert_eq!(a.rcode, ResponseCode::ServFail);
+    let open = format!("{FAILOVER}on_all_unhealthy = \"fail-open\"\n");
+    let a = answer(
+        &resolver(&open),
+        &view,
+        "grafana.query.consul.",
+        RecordType::A,
+    );
+    assert_eq!(a_records(&a), ["10.1.0.1"]);
+    assert_eq!(a.datacenter.as_deref(), Some("dc1"));
+}
+
+#[test]
+fn chain_follows_consul_order_and_skips() {
+    let dcs: Vec<String> = ["dc1", "dc3", "dc2", "dc4"]
+        .iter()
+        .map(|d| (*d).to_owned())
+        .collect();
+    let policy = |nearest_n: usize, listed: &[&str]| Policy {
+        failover: crate::config::Failover {
+            nearest_n,
+            datacenters: listed.iter().map(|d| (*d).to_owned()).collect(),
+        },
+        ..Policy::default()
+    };
+    assert_eq!(Resolver::chain(&policy(0, &[]), "dc1", &dcs), ["dc1"]);
+    assert_eq!(
+        Resolver::chain(&policy(2, &[]), "dc1", &dcs),
+        ["dc1", "dc3", "dc2"]
+    );
+    assert_eq!(
+        Resolver::chain(
+            &policy(1, &["dc1", "nowhere", "dc3", "dc4", "dc2"]),
+            "dc1",
+            &dcs
+        ),
+        ["dc1", "dc3", "dc4", "dc2"]
+    );
+    assert_eq!(
+        Resolver::chain(&policy(0, &["dc1", "dc2"]), "dc2", &dcs),
+        ["dc2", "dc1"]
+    );
+}
+
+#[test]
+fn filters_tags_and_meta() {
+    let mut view = two_dcs();
+    let mut tagged = instance("a1", "10.1.0.1", CheckStatus::Passing);
+    tagged.tags = vec!["Primary".into()];
+    tagged.node_meta.insert("rack".into(), "r1".into());
+    let mut canary = instance("a2", "10.1.0.2", CheckStatus::Passing);
+    canary.tags = vec!["primary".into(), "canary".into()];
+    view.set("dc1", "grafana", vec![tagged, canary]);
+    let mut racked = instance("b1", "10.2.0.1", CheckStatus::Passing);
+    racked.node_meta.insert("rack".into(), "r2".into());
+    view.set("dc2", "grafana", vec![racked]);
+    let cfg = |extra: &str| resolver(&format!("{FAILOVER}{extra}\n"));
+    let a = answer(
+        &cfg("tags = [\"primary\", \"!canary\"]"),
+        &view,
+        "grafana.query.consul.",
+        RecordType::A,
+    );
+    assert_eq!(a_records(&a), ["10.1.0.1"]);
+    let a = answer(
+        &cfg("node_meta = { rack = \"r2\" }"),
+        &view,
+        "grafana.query.consul.",
+        RecordType::A,
+    );
+    assert_eq!(
+        a_records(&a),
+        ["10.2.0.1"],
+        "no dc1 node in rack r2: dc2 answers"
+    );
+    let a = answer(
+        &resolver(""),
+        &view,
+        "primary.grafana.service.consul.",
+        RecordType::A,
+    );
+    assert_eq!(a_records(&a), ["10.1.0.1", "10.1.0.2"]);
+    let a = answer(
+        &resolver(""),
+        &view,
+        "canary.grafana.service.consul.",
+        RecordType::A,
+    );
+    assert_eq!(a_records(&a), ["10.1.0.2"]);
+    let a = answer(
+        &resolver(""),
+        &view,
+        "nope.grafana.service.consul.",
+        RecordType::A,
+    );
+    assert_eq!(a.rcode, ResponseCode::NXDomain);
+}
+
+#[test]
+fn ignore_check_ids_skips_checks() {
+    let mut view = two_dcs();
+    view.set(
+        "dc1",
+        "grafana",
+        vec![instance("a1", "10.1.0.1", CheckStatus::Critical)],
+    );
+    let r = resolver(&format!("{FAILOVER}ignore_check_ids = [\"service:svc\"]\n"));
+    assert_eq!(
+        a_records(&answer(&r, &view, "grafana.query.consul.", RecordType::A)),
+        ["10.1.0.1"]
+    );
+}
+
+#[test]
+fn service_names_never_fail_over() {
+    let mut view = two_dcs();
+    view.set(
+        "dc1",
+        "grafana",
+        vec![instance("a1", "10.1.0.1", CheckStatus::Critical)],
+    );
+    let r = resolver(FAILOVER);
+    let a = answer(&r, &view, "grafana.service.consul.", RecordType::A);
+    assert_eq!(a.rcode, ResponseCode::NXDomain);
+    let a = answer(&r, &view, "grafana.service.dc2.consul.", RecordType::A);
+    assert_eq!(a_records(&a), ["10.2.0.1"]);
+    assert!(a.remote);
+    let a = answer(&r, &view, "grafana.service.dc9.consul.", RecordType::A);
+    assert_eq!(a.rcode, ResponseCode::NXDomain);
+    let a = answer(&r, &view, "grafana.query.dc2.consul.", RecordType::A);
+    assert_eq!(a_records(&a), ["10.2.0.1"], "query.<dc> makes dc2 local");
+}
+
+#[test]
+fn implicit_queries_use_the_defaults_and_the_catalog() {
+    let mut view = two_dcs();
+    view.set(
+        "dc1",
+        "loki",
+        vec![instance("a1", "10.1.0.9", CheckStatus::Critical)],
+    );
+    view.set(
+        "dc2",
+        "loki",
+        vec![instance("b1", "10.2.0.9", CheckStatus::Passing)],
+    );
+    let no_failover = resolver("");
+    let a = answer(&no_failover, &view, "loki.query.consul.", RecordType::A);
+    assert_eq!(a.rcode, ResponseCode::NXDomain);
+    let failover =
+        resolver("[queries.defaults]\nfailover = { datacenters = [\"dc1\", \"dc2\"] }\n");
+    assert_eq!(
+        a_records(&answer(
+            &failover,
+            &view,
+            "loki.query.consul.",
+            RecordType::A
+        )),
+        ["10.2.0.9"]
+    );
+    // Unknown everywhere: NXDOMAIN without asking for any watch.
+    let a = answer(&failover, &view, "random-name.query.consul.", RecordType::A);
+    assert_eq!(a.rcode, ResponseCode::NXDomain);
+    let off = resolver("[queries]\nimplicit = false\n");
+    assert_eq!(
+        answer(&off, &view, "loki.query.consul.", RecordType::A).rcode,
+        ResponseCode::NXDomain
+    );
+}
+
+#[test]
+fn missing_data_asks_for_watches() {
+    let mut view = FixedView::new(&["dc1", "dc2"]);
+    let r = resolver(FAILOVER);
+    match ask(&r, &view, "grafana.query.consul.", RecordType::A) {
+        Outcome::Pending(needs) => {
+            assert_eq!(needs.services, [ServiceKey::new("dc1", "grafana")]);
+            assert_eq!(needs.catalogs, ["dc1"]);
+        }
+        Outcome::Answer(a) => panic!("expected pending, got {a:?}"),
+    }
+    match ask(&resolver(""), &view, "loki.query.consul.", RecordType::A) {
+        Outcome::Pending(needs) => assert_eq!(needs.catalogs, ["dc1"]),
+        Outcome::Answer(a) => panic!("expected pending, got {a:?}"),
+    }
+    // The local DC's catalog lacks grafana: no watch, straight to dc2.
+    view.empty_catalog("dc1");
+    match ask(&r, &view, "grafana.query.consul.", RecordType::A) {
+        Outcome::Pending(needs) => assert_eq!(needs.services, [ServiceKey::new("dc2", "grafana")]),
+        Outcome::Answer(a) => panic!("expected pending, got {a:?}"),
+    }
+}
+
+#[test]
+fn aaaa_for_an_ipv4_service_is_nodata_with_the_soa() {
+    let a = answer(
+        &resolver(FAILOVER),
+        &two_dcs(),
+        "grafana.query.consul.",
+        RecordType::AAAA,
+    );
+    assert_eq!(a.rcode, ResponseCode::NoError);
+    assert!(a.answers.is_empty());
+    assert!(is_soa_only_authority(&a));
+    let a = answer(
+        &resolver(FAILOVER),
+        &two_dcs(),
+        "grafana.query.consul.",
+        RecordType::TXT,
+    );
+    assert_eq!(a.rcode, ResponseCode::NoError);
+    assert!(is_soa_only_authority(&a));
+}
+
+#[test]
+fn any_gives_both_families_and_duplicates_collapse() {
+    let mut view = two_dcs();
+    let mut dual = instance("a1", "10.1.0.1", CheckStatus::Passing);
+    dual.lan = Addresses::from_consul("10.1.0.1", None, Some("fd00::1"));
+    let same_ip = instance("a1", "10.1.0.1", CheckStatus::Passing);
+    view.set("dc1", "grafana", vec![dual, same_ip]);
+    let a = answer(
+        &resolver(FAILOVER),
+        &view,
+        "grafana.query.consul.",
+        RecordType::ANY,
+    );
+    assert_eq!(a_records(&a), ["10.1.0.1", "fd00::1"]);
+    let a = answer(
+        &resolver(FAILOVER),
+        &view,
+        "grafana.query.consul.",
+        RecordType::AAAA,
+    );
+    assert_eq!(a_records(&a), ["fd00::1"]);
+}
+
+#[test]
+fn srv_has_targets_weights_and_glue() {
+    let mut view = two_dcs();
+    let mut own = instance("a2", "10.1.0.2", CheckStatus::Warning);
+    own.service_address = true;
+    view.set(
+        "dc1",
+        "grafana",
+        vec![instance("a1", "10.1.0.1", CheckStatus::Passing), own],
+    );
+    let r = resolver(FAILOVER);
+    for name in [
+        "grafana.query.consul.",
+        "_grafana._tcp.query.consul.",
+        "_grafana._tcp.service.consul.",
+    ] {
+        let a = answer(&r, &view, name, RecordType::SRV);
+        let mut srvs: Vec<(u16, u16, u16, String)> = a
+            .answers
+            .iter()
+            .map(|r| match &r.data {
+                RData::SRV(s) => (s.priority, s.weight, s.port, s.target.to_ascii()),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        srvs.sort();
+        assert_eq!(
+            srvs,
+            [
+                (1, 1, 3000, "0a010002.addr.dc1.consul.".to_owned()),
+                (1, 10, 3000, "a1.node.dc1.consul.".to_owned())
+            ],
+            "{name}"
+        );
+        let mut glue: Vec<(String, String)> = a
+            .additionals
+            .iter()
+            .map(|r| {
+                (
+                    r.name.to_ascii(),
+                    a_records(&Answer {
+                        answers: vec![r.clone()],
+                        ..a.clone()
+                    })[0]
+                        .clone(),
+                )
+            })
+            .collect();
+        glue.sort();
+        assert_eq!(
+            glue,
+            [
+                (
+                    "0a010002.addr.dc1.consul.".to_owned(),
+                    "10.1.0.2".to_owned()
+                ),
+                ("a1.node.dc1.consul.".to_owned(), "10.1.0.1".to_owned())
+            ]
+        );
+    }
+}
+
+#[test]
+fn hostnames_give_a_cname() {
+    let mut view = two_dcs();
+    view.set(
+        "dc1",
+        "grafana",
+        vec![instance("a1", "grafana.example.com", CheckStatus::Passing)],
+    );
+    let a = answer(
+        &resolver(FAILOVER),
+        &view,
+        "grafana.query.consul.",
+        RecordType::A,
+    );
+    assert_eq!(a.answers.len(), 1);
+    assert_eq!(
+        a.answers[0].data,
+        RData::CNAME(CNAME(Name::from_ascii("grafana.example.com.").unwrap()))
+    );
+}
+
+#[test]
+fn wan_addresses_for_remote_answers_when_translating() {
+    let mut view = two_dcs();
+    view.set(
+        "dc1",
+        "grafana",
+        vec![instance("a1", "10.1.0.1", CheckStatus::Critical)],
+    );
+    let mut b = instance("b1", "10.2.0.1", CheckStatus::Passing);
+    b.wan = Addresses::from_consul("192.0.2.1", None, None);
+    b.wan_port = Some(8443);
+    view.set("dc2", "grafana", vec![b]);
+    let plain = answer(
+        &resolver(FAILOVER),
+        &view,
+        "grafana.query.consul.",
+        RecordType::A,
+    );
+    assert_eq!(a_records(&plain), ["10.2.0.1"]);
+    let r = resolver(&format!("[consul]\ntranslate_wan_addrs = true\n{FAILOVER}"));
+    assert_eq!(
+        a_records(&answer(&r, &view, "grafana.query.consul.", RecordType::A)),
+        ["192.0.2.1"]
+    );
+    let srv = answer(&r, &view, "grafana.query.consul.", RecordType::SRV);
+    match &srv.answers[0].data {
+        RData::SRV(s) => {
+            assert_eq!(s.port, 8443);
+            assert_eq!(s.target.to_ascii(), "c0000201.addr.dc2.consul.");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn zone_structure_and_refusals() {
+    let r = resolver(FAILOVER);
+    let view = two_dcs();
+    let soa = answer(&r, &view, "consul.", RecordType::SOA);
+    assert!(
+        matches!(&soa.answers[..], [rec] if matches!(&rec.data, RData::SOA(s) if s.serial == 1234 && s.refresh == 3600 && s.retry == 600 && s.expire == 86_400 && s.minimum == 0 && s.mname.to_ascii() == "ns.consul." && s.rname.to_ascii() == "hostmaster.consul."))
+    );
+    let ns = answer(&r, &view, "consul.", RecordType::NS);
+    assert!(
+        matches!(&ns.answers[..], [rec] if rec.data == RData::NS(NS(Name::from_ascii("ns.consul.").unwrap())))
+    );
+    for ent in [
+        "query.consul.",
+        "service.consul.",
+        "dc2.consul.",
+        "_tcp.query.consul.",
+        "consul.",
+        "ns.consul.",
+    ] {
+        let a = answer(&r, &view, ent, RecordType::A);
+        assert_eq!(a.rcode, ResponseCode::NoError, "{ent}");
+        assert!(a.answers.is_empty() && is_soa_only_authority(&a), "{ent}");
+    }
+    for nx in [
+        "nothing.consul.",
+        "x.y.consul.",
+        "nope.query.consul.",
+        "grafana.query.dc9.consul.",
+        "1.2.addr.consul.",
+    ] {
+        let a = answer(&r, &view, nx, RecordType::A);
+        assert_eq!(a.rcode, ResponseCode::NXDomain, "{nx}");
+        assert!(is_soa_only_authority(&a), "{nx}");
+    }
+    let out = answer(&r, &view, "example.com.", RecordType::A);
+    assert_eq!(out.rcode, ResponseCode::Refused);
+    assert_eq!(out.kind, Kind::OutOfZone);
+    let question = Question {
+        name: Name::from_ascii("grafana.query.consul.").unwrap(),
+        qtype: RecordType::A,
+        qclass: DNSClass::CH,
+    };
+    let mut rng = fastrand::Rng::new();
+    match r.resolve(
+        &question,
+        &view,
+        &mut Context {
+            serial: 1,
+            rng: &mut rng,
+        },
+    ) {
+        Outcome::Answer(a) => assert_eq!(a.rcode, ResponseCode::Refused),
+        Outcome::Pending(_) => panic!("CH class must be refused"),
+    }
+}
+
+#[test]
+fn addr_names_decode_hex() {
+    let r = resolver("");
+    let view = two_dcs();
+    assert_eq!(
+        a_records(&answer(
+            &r,
+            &view,
+            "0a010002.addr.dc1.consul.",
+            RecordType::A
+        )),
+        ["10.1.0.2"]
+    );
+    let v6 = answer(
+        &r,
+        &view,
+        "fd000000000000000000000000000001.addr.consul.",
+        RecordType::AAAA,
+    );
+    assert_eq!(a_records(&v6), ["fd00::1"]);
+    let nodata = answer(&r, &view, "0a010002.addr.consul.", RecordType::AAAA);
+    assert!(nodata.answers.is_empty() && nodata.rcode == ResponseCode::NoError);
+}
+
+#[test]
+fn owner_names_keep_the_question_case_and_alt_domains_work() {
+    let r = resolver(&format!(
+        "[dns]\nalt_domains = [\"consul.example.net\"]\n{FAILOVER}"
+    ));
+    let a = answer(&r, &two_dcs(), "GraFana.Query.CONSUL.", RecordType::A);
+    assert_eq!(a.answers[0].name.to_ascii(), "GraFana.Query.CONSUL.");
+    let alt = answer(
+        &r,
+        &two_dcs(),
+        "grafana.query.consul.example.net.",
+        RecordType::SRV,
+    );
+    assert!(
+        matches!(&alt.answers[0].data, RData::SRV(s) if s.target.to_ascii().ends_with(".dc1.consul.example.net."))
+    );
+    let nx = answer(&r, &two_dcs(), "nope.consul.example.net.", RecordType::A);
+    assert_eq!(nx.authorities[0].name.to_ascii(), "consul.example.net.");
+}
+
+#[test]
+fn answers_are_shuffled() {
+    let mut view = two_dcs();
+    let many = (1..=20)
+        .map(|i| {
+            instance(
+                &format!("n{i}"),
+                &format!("10.1.0.{i}"),
+                CheckStatus::Passing,
+            )
+        })
+        .collect();
+    view.set("dc1", "grafana", many);
+    let r = resolver(FAILOVER);
+    let question = Question {
+        name: Name::from_ascii("grafana.query.consul.").unwrap(),
+        qtype: RecordType::A,
+        qclass: DNSClass::IN,
+    };
+    let mut rng = fastrand::Rng::with_seed(1);
+    let mut orders = HashSet::new();
+    for _ in 0..10 {
+        if let Outcome::Answer(a) = r.resolve(
+            &question,
+            &view,
+            &mut Context {
+                serial: 1,
+                rng: &mut rng,
+            },
+        ) {
+            assert_eq!(a.answers.len(), 20);
+            orders.insert(
+                a.answers
+                    .iter()
+                    .map(|r| format!("{:?}", r.data))
+                    .collect::<Vec<_>>(),
+            );
+        }
+    }
+    assert!(orders.len() > 1, "ten answers in one order");
+}
+
+fn status_strategy() -> impl Strategy<Value = CheckStatus> {
+    prop_oneof![
+        Just(CheckStatus::Passing),
+        Just(CheckStatus::Warning),
+        Just(CheckStatus::Critical)
+    ]
+}
+
+proptest! {
+    /// The answer comes from the first DC of the chain with a usable
+    /// instance (min_healthy 1), never holds a critical instance, and is
+    /// NXDOMAIN exactly when nothing is usable anywhere.
+    #[test]
+    fn failover_picks_the_first_usable_datacenter(
+        dc1 in proptest::collection::vec(status_strategy(), 0..5),
+        dc2 in proptest::collection::vec(status_strategy(), 0..5),
+        dc3 in proptest::collection::vec(status_strategy(), 0..5),
+        only_passing in any::<bool>(),
+    ) {
+        let mut view = FixedView::new(&["dc1", "dc2", "dc3"]);
+        let mut expected = None;
+        for (d, statuses) in [(1, &dc1), (2, &dc2), (3, &dc3)] {
+            let instances: Vec<Instance> = statuses
+                .iter()
+                .enumerate()
+                .map(|(i, s)| instance(&format!("n{d}-{i}"), &format!("10.{d}.0.{}", i + 1), *s))
+                .collect();
+            let usable = statuses.iter().any(|s| *s == CheckStatus::Passing || (*s == CheckStatus::Warning && !only_passing));
+            if usable && expected.is_none() {
+                expected = Some(format!("dc{d}"));
+            }
+            view.set(&format!("dc{d}"), "grafana", instances);
+        }
+        let r = resolver(&format!(
+            "[[query]]\nname = \"grafana\"\nonly_passing = {only_passing}\nfailover = {{ datacenters = [\"dc2\", \"dc3\"] }}\n"
+        ));
+        let a = answer(&r, &view, "grafana.query.consul.", RecordType::A);
+        prop_assert_eq!(a.datacenter.clone(), expected.clone());
+        match expected {
+            None => prop_assert_eq!(a.rcode, ResponseCode::NXDomain),
+            Some(dc) => {
+                let d = &dc[2..];
+                let statuses = match d { "1" => &dc1, "2" => &dc2, _ => &dc3 };
+                let want: Vec<String> = statuses
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, s)| **s == CheckStatus::Passing || (**s == CheckStatus::Warning && !only_passing))
+                    .map(|(i, _)| format!("10.{d}.0.{}", i + 1))
+                    .collect();
+                let mut want = want;
+                want.sort();
+                prop_assert_eq!(a_records(&a), want);
+            }
+        }
+    }
+
+    /// Arbitrary names inside the zone never panic and never refuse.
+    #[test]
+    fn any_name_in_the_zone_gets_an_answer(labels in proptest::collection::vec("[a-z0-9_-]{1,12}", 0..6), qtype in 0u16..300) {
+        let name = format!("{}consul.", labels.iter().map(|l| format!("{l}.")).collect::<String>());
+        let r = resolver(FAILOVER);
+        let view = two_dcs();
+        let parsed = Name::from_ascii(&name);
+        prop_assume!(parsed.is_ok());
+        let question = Question { name: parsed.unwrap(), qtype: RecordType::from(qtype), qclass: DNSClass::IN };
+        let mut rng = fastrand::Rng::with_seed(3);
+        match r.resolve(&question, &view, &mut Context { serial: 1, rng: &mut rng }) {
+            Outcome::Answer(a) => prop_assert_ne!(a.rcode, ResponseCode::Refused),
+            Outcome::Pending(_) => {}
+        }
+    }
+}
