@@ -36,6 +36,15 @@ pub fn format_wait(wait: Duration) -> String {
     }
 }
 
+/// Where one attempt of a read goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Address {
+    /// A direct address of the datacenter read.
+    Direct(Url),
+    /// The local agent, with `?dc=`.
+    Agent,
+}
+
 /// One HTTP answer that passed the status check.
 struct Reply {
     /// The URL asked, for decode errors.
@@ -142,6 +151,9 @@ impl ConsulClient {
         let mut builder = reqwest::Client::builder()
             .use_rustls_tls()
             .connect_timeout(config.timeout)
+            // Consul never redirects; following one could send the token
+            // to another host.
+            .redirect(reqwest::redirect::Policy::none())
             .tcp_nodelay(true)
             .user_agent(concat!("consul-failover-dns/", env!("CARGO_PKG_VERSION")));
         let ca = if config.ca_file.is_empty() {
@@ -261,9 +273,8 @@ impl ConsulClient {
         Ok((reply.index, names))
     }
 
-    /// A blocking read in `dc`: its direct addresses first, in order (those
-    /// that failed lately last), then the local agent. The error of the
-    /// last address tried is returned if none answers.
+    /// A blocking read in `dc` along [`route`](Self::route); the first
+    /// answer wins. If none answers, the agent's error is returned.
     async fn blocking_read(
         &self,
         dc: &str,
@@ -283,51 +294,60 @@ impl ConsulClient {
         if self.stale {
             query.push(("stale", None));
         }
-        let direct = self.direct_in_order(dc);
-        let mut last_error = None;
-        for base in &direct {
+        let mut agent_error = None;
+        let mut direct_error = None;
+        for address in self.route(dc) {
+            let (base, via_agent) = match &address {
+                Address::Direct(url) => (url, false),
+                Address::Agent => (&self.agent, true),
+            };
             match self
-                .send(build_url(base, path, &query), timeout, false)
+                .send(build_url(base, path, &query), timeout, via_agent)
                 .await
             {
                 Ok(reply) => {
-                    self.lock_avoid().remove(base);
+                    if !via_agent {
+                        self.lock_avoid().remove(base);
+                    }
                     return Ok(reply);
                 }
+                Err(error) if via_agent => agent_error = Some(error),
                 Err(error) => {
-                    tracing::debug!(datacenter = dc, %error, "direct Consul address failed; trying the next");
+                    tracing::debug!(datacenter = dc, %error, "direct Consul address failed");
                     if error.is_transport() {
                         self.lock_avoid()
                             .insert(base.clone(), Instant::now() + AVOID_FAILED_ADDRESS_FOR);
                     }
-                    last_error = Some(error);
+                    direct_error = Some(error);
                 }
             }
         }
-        let result = self
-            .send(build_url(&self.agent, path, &query), timeout, true)
-            .await;
-        match (result, last_error) {
-            (Err(error), Some(direct_error)) => {
-                tracing::debug!(datacenter = dc, error = %direct_error, "direct addresses failed too");
-                Err(error)
-            }
-            (result, _) => result,
-        }
+        // The route always holds the agent, so one of the two is set.
+        Err(agent_error
+            .or(direct_error)
+            .expect("the local agent is always tried"))
     }
 
-    /// The direct addresses of `dc`: those not failed lately in configured
-    /// order, then the ones failed lately.
-    fn direct_in_order(&self, dc: &str) -> Vec<Url> {
+    /// Where a read in `dc` goes, in order: its direct addresses that did
+    /// not fail lately (configured order), the local agent, then the
+    /// direct addresses that failed lately, so a dead direct address costs
+    /// nothing while the agent answers.
+    fn route(&self, dc: &str) -> Vec<Address> {
         let Some(urls) = self.direct.get(dc) else {
-            return Vec::new();
+            return vec![Address::Agent];
         };
         let now = Instant::now();
         let mut avoid = self.lock_avoid();
         avoid.retain(|_, until| *until > now);
         let (avoided, fresh): (Vec<&Url>, Vec<&Url>) =
             urls.iter().partition(|url| avoid.contains_key(*url));
-        fresh.into_iter().chain(avoided).cloned().collect()
+        fresh
+            .into_iter()
+            .cloned()
+            .map(Address::Direct)
+            .chain(std::iter::once(Address::Agent))
+            .chain(avoided.into_iter().cloned().map(Address::Direct))
+            .collect()
     }
 
     /// The failed-address map, whatever a panicking holder left.
@@ -966,11 +986,17 @@ mod tests {
         };
         assert_eq!(health("dc2").len(), 1, "dc2's own address answered");
         assert!(health("dc1").is_empty(), "the agent was not needed");
-        // The dead address is now tried last.
+        // The dead address now goes after the agent; dc1 has only the agent.
+        let url = |u: &str| Url::parse(u).unwrap();
         assert_eq!(
-            client.direct_in_order("dc2").last().map(Url::as_str),
-            Some(format!("{dead}/").as_str())
+            client.route("dc2"),
+            [
+                Address::Direct(url(&sim.url("dc2").await)),
+                Address::Agent,
+                Address::Direct(url(&dead)),
+            ]
         );
+        assert_eq!(client.route("dc1"), [Address::Agent]);
 
         // dc2's own servers unreachable: the local agent forwards with ?dc=.
         sim.stop_listener("dc2").await;
