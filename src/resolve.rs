@@ -237,7 +237,6 @@ impl Resolver {
                         Duration::from_secs(u64::from(self.ttl)),
                     )
                 };
-                let dc_is_local = dc == local.as_str();
                 self.lookup(
                     question,
                     &zone,
@@ -246,7 +245,6 @@ impl Resolver {
                     &def,
                     &[dc.to_owned()],
                     Kind::Service,
-                    !dc_is_local,
                 )
             }
         }
@@ -311,7 +309,7 @@ impl Resolver {
     ) -> Outcome {
         if let Some(def) = self.queries.get(name) {
             let chain = Self::chain(&def.policy, local, datacenters);
-            return self.lookup(question, zone, view, ctx, def, &chain, Kind::Query, false);
+            return self.lookup(question, zone, view, ctx, def, &chain, Kind::Query);
         }
         if !self.implicit {
             return Outcome::Answer(zone.nxdomain(Kind::Query));
@@ -341,7 +339,7 @@ impl Resolver {
                 catalogs: pending,
             });
         }
-        self.lookup(question, zone, view, ctx, &def, &chain, Kind::Query, false)
+        self.lookup(question, zone, view, ctx, &def, &chain, Kind::Query)
     }
 
     /// Walks the chain and answers from the first datacenter with enough
@@ -356,8 +354,10 @@ impl Resolver {
         def: &QueryDef,
         chain: &[String],
         kind: Kind,
-        first_is_remote: bool,
     ) -> Outcome {
+        // Remote means "not this resolver's datacenter", whatever `.query.<dc>`
+        // made local for the chain: it picks WAN addresses and is counted.
+        let real_local = view.local_datacenter();
         let answer_from =
             |position: usize, health: &ServiceHealth, ctx: &mut Context<'_>, all: bool| {
                 let instances: Vec<&Instance> = if all {
@@ -365,7 +365,7 @@ impl Resolver {
                 } else {
                     usable_instances(&health.instances, def)
                 };
-                let remote = position > 0 || first_is_remote;
+                let remote = chain[position] != *real_local;
                 Outcome::Answer(self.render(
                     question,
                     zone,

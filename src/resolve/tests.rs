@@ -857,3 +857,16 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn remote_is_relative_to_the_resolvers_own_datacenter() {
+    let r = resolver(FAILOVER);
+    let a = answer(&r, &two_dcs(), "grafana.query.dc2.consul.", RecordType::A);
+    assert_eq!(a.datacenter.as_deref(), Some("dc2"));
+    assert!(a.remote, "dc2 is not this resolver's datacenter");
+    let mut view = two_dcs();
+    view.local = "dc2".to_owned();
+    let a = answer(&r, &view, "grafana.query.consul.", RecordType::A);
+    assert_eq!(a_records(&a), ["10.2.0.1"]);
+    assert!(!a.remote);
+}
