@@ -7,10 +7,13 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
-use hickory_proto::op::{Edns, Header, Metadata, OpCode, ResponseCode, emit_message_parts};
+use hickory_proto::ProtoError;
+use hickory_proto::op::{
+    Edns, EmitAndCount, Header, Metadata, OpCode, ResponseCode, emit_message_parts,
+};
 use hickory_proto::rr::Record;
 use hickory_proto::rr::rdata::opt::EdnsOption;
-use hickory_proto::serialize::binary::BinEncoder;
+use hickory_proto::serialize::binary::{BinEncoder, NameEncoding};
 use hickory_server::Server;
 use hickory_server::net::runtime::Time;
 use hickory_server::net::xfer::Protocol;
@@ -177,6 +180,26 @@ fn rcode_label(rcode: ResponseCode) -> &'static str {
     }
 }
 
+/// The question section as hickory-server writes it into responses: the
+/// request's own bytes (which keeps the client's 0x20 case), registered
+/// for name compression the same way, so sizes measured here match what
+/// is sent.
+struct RawQuestion<'a> {
+    bytes: &'a [u8],
+    count: usize,
+}
+
+impl EmitAndCount for RawQuestion<'_> {
+    fn emit(&mut self, encoder: &mut BinEncoder<'_>) -> Result<usize, ProtoError> {
+        let start = encoder.offset();
+        encoder.emit_vec(self.bytes)?;
+        if matches!(encoder.name_encoding(), NameEncoding::Compressed) && self.count > 0 {
+            encoder.store_label_pointer(start, start + self.bytes.len());
+        }
+        Ok(self.count)
+    }
+}
+
 /// The encoded size of a response with these sections.
 fn encoded_len(
     metadata: &Metadata,
@@ -188,10 +211,13 @@ fn encoded_len(
 ) -> usize {
     let mut buffer = Vec::with_capacity(1500);
     let mut encoder = BinEncoder::new(&mut buffer);
-    let queries = request.queries.queries().iter().map(|q| q.original());
+    let mut queries = RawQuestion {
+        bytes: request.queries.as_bytes(),
+        count: request.queries.len(),
+    };
     let result = emit_message_parts(
         metadata,
-        &mut queries.collect::<Vec<_>>().into_iter(),
+        &mut queries,
         &mut answers.iter(),
         &mut authorities.iter(),
         &mut additionals.iter(),

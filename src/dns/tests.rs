@@ -158,6 +158,23 @@ async fn udp_truncation_sets_tc_and_keeps_opt_and_tcp_gives_all() {
         .expect("OPT kept when truncating (RFC 6891 §7)");
     assert_eq!(opt.max_payload(), 1232);
 
+    for payload in [512, 600, 1000, 1232, 4096] {
+        let name = "BiG.query.consul.";
+        let bytes = query(name, RecordType::A, Some(payload)).to_vec().unwrap();
+        let (reply, size) = udp(server, &bytes).await;
+        assert!(reply.metadata.truncation, "{payload}");
+        assert!(
+            size <= usize::from(payload.min(1232)),
+            "{size} bytes for a {payload}-byte limit"
+        );
+        assert!(reply.edns.is_some(), "OPT dropped at {payload}");
+        assert!(
+            reply.answers.len() > 1,
+            "{payload}: {}",
+            reply.answers.len()
+        );
+    }
+
     let (plain, size) = udp(
         server,
         &query("big.query.consul.", RecordType::A, None)

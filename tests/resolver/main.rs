@@ -1,0 +1,26 @@
+//! End-to-end tests of the `consul-failover-dns` binary: it runs as a
+//! child process against `consul_sim` (in this process) and is queried by
+//! a Rust client and by real peers (`dig`, `unbound`, glibc, `curl`).
+//!
+//! Each test claims its own number and so its own loopback addresses
+//! ([`support::Net`]), so they run in parallel. A test whose external
+//! program is missing fails and names the package to install; the
+//! namespace tests need root.
+//!
+//! | module | what | numbers |
+//! |---|---|---|
+//! | `failover` | dc1 → dc2 → dc1, and the failover latency measurement | 1 |
+//! | `wire` | the wire rules of DESIGN §2, each through dig and Rust | 3–12 |
+//! | `forwarders` | unbound, `getaddrinfo` and `curl` through it | 20–21 |
+//! | `harness` | the harness itself, against Knot DNS | 30 |
+//!
+//! Run `cargo test --test resolver -- --nocapture` to see the failover
+//! latency figures.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod failover;
+mod forwarders;
+mod harness;
+mod wire;
