@@ -239,34 +239,45 @@ impl HealthView {
         self.services.load().contains_key(key)
     }
 
-    /// Creates the slot for a pair if it does not exist yet; returns
-    /// whether it was created.
-    pub fn add_service_slot(&self, key: &ServiceKey) -> bool {
+    /// Rebuilds one slot map under the writers' lock when `edit` says it
+    /// changed it; readers keep the old map until the swap.
+    fn rebuild<K: Clone + Eq + std::hash::Hash, V>(
+        &self,
+        map: &ArcSwap<HashMap<K, Slot<V>>>,
+        edit: impl FnOnce(&mut HashMap<K, Slot<V>>) -> bool,
+    ) -> bool {
         let _guard = self
             .grow
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let current = self.services.load();
-        if current.contains_key(key) {
+        let mut next = HashMap::clone(&map.load());
+        let changed = edit(&mut next);
+        if changed {
+            map.store(Arc::new(next));
+        }
+        changed
+    }
+
+    /// Creates the slot for a pair if it does not exist yet; returns
+    /// whether it was created.
+    pub fn add_service_slot(&self, key: &ServiceKey) -> bool {
+        if self.services.load().contains_key(key) {
             return false;
         }
-        let mut next = HashMap::clone(&current);
-        next.insert(key.clone(), Slot::default());
-        self.services.store(Arc::new(next));
-        true
+        self.rebuild(&self.services, |map| {
+            // Another writer may have added it since the check above.
+            if map.contains_key(key) {
+                return false;
+            }
+            map.insert(key.clone(), Slot::default());
+            true
+        })
     }
 
     /// Removes a pair's slot (its watch stopped).
     pub fn remove_service_slot(&self, key: &ServiceKey) {
-        let _guard = self
-            .grow
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let current = self.services.load();
-        if current.contains_key(key) {
-            let mut next = HashMap::clone(&current);
-            next.remove(key);
-            self.services.store(Arc::new(next));
+        if self.services.load().contains_key(key) {
+            self.rebuild(&self.services, |map| map.remove(key).is_some());
         }
     }
 
@@ -281,18 +292,14 @@ impl HealthView {
 
     /// Stores a datacenter's catalog of service names.
     pub fn apply_catalog(&self, datacenter: &str, services: Catalog) {
-        let exists = self.catalogs.load().contains_key(datacenter);
-        if !exists {
-            let _guard = self
-                .grow
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let current = self.catalogs.load();
-            if !current.contains_key(datacenter) {
-                let mut next = HashMap::clone(&current);
-                next.insert(datacenter.to_owned(), Slot::default());
-                self.catalogs.store(Arc::new(next));
-            }
+        if !self.catalogs.load().contains_key(datacenter) {
+            self.rebuild(&self.catalogs, |map| {
+                if map.contains_key(datacenter) {
+                    return false;
+                }
+                map.insert(datacenter.to_owned(), Slot::default());
+                true
+            });
         }
         if let Some(slot) = self.catalogs.load().get(datacenter) {
             slot.store(Some(Arc::new(services)));
