@@ -112,6 +112,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     ));
     watcher.spawn_datacenter_refresh(DATACENTER_REFRESH);
     for dc in &datacenters {
+        metrics.add_datacenter(dc);
         watcher.ensure_catalog(dc);
     }
     let resolver = Resolver::new(&config);

@@ -76,6 +76,13 @@ impl Metrics {
         self.remote_answers.with_label_values(&[datacenter]).inc();
     }
 
+    /// Exports the per-datacenter counters at 0, so a scrape shows every
+    /// known datacenter before its first error or failover.
+    pub fn add_datacenter(&self, datacenter: &str) {
+        self.watch_errors.with_label_values(&[datacenter]);
+        self.remote_answers.with_label_values(&[datacenter]);
+    }
+
     /// Counts one failed Consul request of a watch.
     pub fn watch_error(&self, datacenter: &str) {
         self.watch_errors.with_label_values(&[datacenter]).inc();
@@ -112,6 +119,7 @@ mod tests {
         m.remote_answer("dc2");
         m.watch_error("dc1");
         m.set_watches(3);
+        m.add_datacenter("dc3");
         let text = m.render();
         assert!(
             text.contains("# TYPE consul_dns_queries_total counter"),
@@ -131,5 +139,9 @@ mod tests {
         );
         assert!(text.contains("consul_dns_watches 3"), "{text}");
         assert_eq!(m.watch_errors("dc1"), 1);
+        assert!(
+            text.contains("consul_dns_watch_errors_total{datacenter=\"dc3\"} 0"),
+            "{text}"
+        );
     }
 }
