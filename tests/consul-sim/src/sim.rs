@@ -355,6 +355,9 @@ impl SimBuilder {
             return Err("at least one datacenter is needed".into());
         }
         let mut dcs = Vec::new();
+        // Listeners stay bound from here to serving: releasing a port-0
+        // address and binding it again lets a parallel test take it.
+        let mut bound = Vec::new();
         for spec in &self.dcs {
             if dcs.iter().any(|d: &Arc<Datacenter>| d.name == spec.name) {
                 return Err(format!("datacenter {:?} given twice", spec.name));
@@ -364,7 +367,7 @@ impl SimBuilder {
             let addr = std_listener
                 .local_addr()
                 .map_err(|e| format!("{}: {e}", spec.name))?;
-            drop(std_listener);
+            bound.push(std_listener);
             dcs.push(Arc::new(new_datacenter(spec, addr)));
         }
         let sim = Sim {
@@ -388,8 +391,8 @@ impl SimBuilder {
             sim.register(&dc, reg)
                 .map_err(|e| format!("seed entry {i} (datacenter {dc}): {e}"))?;
         }
-        for dc in &sim.inner.dcs {
-            sim.start_listener(&dc.name).await?;
+        for (dc, listener) in sim.inner.dcs.iter().zip(bound) {
+            sim.open_listener(&dc.name, Some(listener)).await?;
         }
         Ok(sim)
     }
@@ -647,14 +650,27 @@ impl Sim {
 
     /// Opens `dc`'s listener again on the same address.
     pub async fn start_listener(&self, dc: &str) -> Result<(), String> {
+        self.open_listener(dc, None).await
+    }
+
+    /// Serves `dc` on `prebound` if given, else binds its address again.
+    async fn open_listener(
+        &self,
+        dc: &str,
+        prebound: Option<std::net::TcpListener>,
+    ) -> Result<(), String> {
         let d = self.dc_or_err(dc)?.clone();
         let mut listener = d.listener.lock().await;
         if listener.running.is_some() {
             return Ok(());
         }
-        let tcp = TcpListener::bind(listener.addr)
-            .await
-            .map_err(|e| format!("{dc}: cannot listen on {}: {e}", listener.addr))?;
+        let tcp = match prebound {
+            Some(std_listener) => std_listener
+                .set_nonblocking(true)
+                .and_then(|()| TcpListener::from_std(std_listener)),
+            None => TcpListener::bind(listener.addr).await,
+        }
+        .map_err(|e| format!("{dc}: cannot listen on {}: {e}", listener.addr))?;
         listener.addr = tcp.local_addr().map_err(|e| e.to_string())?;
         let (stop_tx, stop_rx) = watch::channel(false);
         let task = tokio::spawn(crate::http::serve(
