@@ -358,25 +358,19 @@ impl Resolver {
         // Remote means "not this resolver's datacenter", whatever `.query.<dc>`
         // made local for the chain: it picks WAN addresses and is counted.
         let real_local = view.local_datacenter();
-        let answer_from =
-            |position: usize, health: &ServiceHealth, ctx: &mut Context<'_>, all: bool| {
-                let instances: Vec<&Instance> = if all {
-                    health.instances.iter().collect()
-                } else {
-                    usable_instances(&health.instances, def)
-                };
-                let remote = chain[position] != *real_local;
-                Outcome::Answer(self.render(
-                    question,
-                    zone,
-                    ctx,
-                    def,
-                    &chain[position],
-                    remote,
-                    &instances,
-                    kind,
-                ))
-            };
+        let answer_from = |position: usize, instances: &[&Instance], ctx: &mut Context<'_>| {
+            let remote = chain[position] != *real_local;
+            Outcome::Answer(self.render(
+                question,
+                zone,
+                ctx,
+                def,
+                &chain[position],
+                remote,
+                instances,
+                kind,
+            ))
+        };
         let mut seen: Vec<(usize, Arc<ServiceHealth>, usize)> = Vec::with_capacity(chain.len());
         for (position, dc) in chain.iter().enumerate() {
             let catalog = view.catalog(dc);
@@ -397,16 +391,17 @@ impl Resolver {
                     });
                 }
             };
-            let usable = usable_instances(&health.instances, def).len();
-            if usable >= def.policy.min_healthy {
-                return answer_from(position, &health, ctx, false);
+            let usable = usable_instances(&health.instances, def);
+            if usable.len() >= def.policy.min_healthy {
+                return answer_from(position, &usable, ctx);
             }
-            seen.push((position, health, usable));
+            let count = usable.len();
+            seen.push((position, health, count));
         }
         // Below min_healthy everywhere: the first datacenter with anything
         // usable beats no answer.
         if let Some((position, health, _)) = seen.iter().find(|(_, _, usable)| *usable > 0) {
-            return answer_from(*position, health, ctx, false);
+            return answer_from(*position, &usable_instances(&health.instances, def), ctx);
         }
         match def.policy.on_all_unhealthy {
             OnAllUnhealthy::Nxdomain => Outcome::Answer(zone.nxdomain(kind)),
@@ -415,7 +410,8 @@ impl Resolver {
             }
             OnAllUnhealthy::FailOpen => match seen.first() {
                 Some((0, health, _)) if !health.instances.is_empty() => {
-                    answer_from(0, health, ctx, true)
+                    let all: Vec<&Instance> = health.instances.iter().collect();
+                    answer_from(0, &all, ctx)
                 }
                 _ => Outcome::Answer(zone.nxdomain(kind)),
             },
