@@ -23,7 +23,7 @@ use tokio::net::{TcpListener, UdpSocket};
 
 use crate::health::{HealthView, ServiceKey};
 use crate::metrics::Metrics;
-use crate::resolve::{Answer, Context, EDE_NOT_READY, Kind, Outcome, Question, Resolver};
+use crate::resolve::{Answer, Context, Kind, Outcome, Question, Resolver};
 
 /// The EDNS option code of Extended DNS Errors (RFC 8914).
 const EDNS_EXTENDED_ERROR: u16 = 15;
@@ -108,51 +108,7 @@ impl DnsHandler {
                 self.demand.ensure_catalog(dc);
             }
             if tokio::time::timeout_at(deadline, changed).await.is_err() {
-                let waiting: Vec<String> = needs
-                    .services
-                    .iter()
-                    .map(|k| format!("{} in {}", k.service, k.datacenter))
-                    .chain(
-                        needs
-                            .catalogs
-                            .iter()
-                            .map(|dc| format!("the catalog of {dc}")),
-                    )
-                    .collect();
-                let mut answer = Answer {
-                    rcode: ResponseCode::ServFail,
-                    answers: Vec::new(),
-                    authorities: Vec::new(),
-                    additionals: Vec::new(),
-                    kind: Kind::Other,
-                    datacenter: None,
-                    remote: false,
-                    extended_error: Some((
-                        EDE_NOT_READY,
-                        format!("no data from Consul yet for {}", waiting.join(", ")),
-                    )),
-                };
-                if let Outcome::Answer(a) = resolver.resolve(
-                    question,
-                    &*self.view,
-                    &mut Context {
-                        serial,
-                        rng: &mut rng,
-                    },
-                ) {
-                    return a;
-                }
-                answer.kind = if question
-                    .name
-                    .to_ascii()
-                    .to_ascii_lowercase()
-                    .contains(".service.")
-                {
-                    Kind::Service
-                } else {
-                    Kind::Query
-                };
-                return answer;
+                return Answer::not_ready(&needs);
             }
         }
     }

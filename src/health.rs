@@ -132,6 +132,36 @@ impl Instance {
     }
 }
 
+/// A test instance: `node` at `address`, port 3000, weights 10/1, a
+/// passing `serfHealth` node check and a `service:svc` check in `status`.
+#[cfg(test)]
+pub(crate) fn test_instance(node: &str, address: &str, status: CheckStatus) -> Instance {
+    Instance {
+        node: node.to_owned(),
+        service_id: "svc".to_owned(),
+        lan: Addresses::from_consul(address, None, None),
+        wan: Addresses::default(),
+        service_address: false,
+        port: 3000,
+        wan_port: None,
+        tags: vec![],
+        service_meta: BTreeMap::new(),
+        node_meta: BTreeMap::new(),
+        weight_passing: 10,
+        weight_warning: 1,
+        checks: vec![
+            Check {
+                id: "serfHealth".to_owned(),
+                status: CheckStatus::Passing,
+            },
+            Check {
+                id: "service:svc".to_owned(),
+                status,
+            },
+        ],
+    }
+}
+
 /// The health of one service in one datacenter at one Consul index.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ServiceHealth {
@@ -189,7 +219,7 @@ type Slot<T> = Arc<ArcSwapOption<T>>;
 
 /// The shared, always-current health view.
 pub struct HealthView {
-    local: ArcSwap<String>,
+    local: Arc<String>,
     datacenters: ArcSwap<Vec<String>>,
     services: ArcSwap<HashMap<ServiceKey, Slot<ServiceHealth>>>,
     catalogs: ArcSwap<HashMap<String, Slot<Catalog>>>,
@@ -201,7 +231,7 @@ pub struct HealthView {
 impl std::fmt::Debug for HealthView {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HealthView")
-            .field("local", &&*self.local.load_full())
+            .field("local", &self.local)
             .field("services", &self.services.load().len())
             .finish_non_exhaustive()
     }
@@ -211,19 +241,13 @@ impl HealthView {
     /// An empty view for the given local datacenter.
     pub fn new(local: &str) -> Self {
         Self {
-            local: ArcSwap::from_pointee(local.to_owned()),
+            local: Arc::new(local.to_owned()),
             datacenters: ArcSwap::from_pointee(vec![local.to_owned()]),
             services: ArcSwap::default(),
             catalogs: ArcSwap::default(),
             grow: Mutex::new(()),
             changed: Notify::new(),
         }
-    }
-
-    /// Sets the local datacenter (learnt from the agent at start-up).
-    pub fn set_local_datacenter(&self, local: &str) {
-        self.local.store(Arc::new(local.to_owned()));
-        self.changed.notify_waiters();
     }
 
     /// Replaces the datacenter list (nearest first, local included).
@@ -321,7 +345,7 @@ impl HealthView {
 
 impl HealthLookup for HealthView {
     fn local_datacenter(&self) -> Arc<String> {
-        self.local.load_full()
+        Arc::clone(&self.local)
     }
 
     fn datacenters(&self) -> Arc<Vec<String>> {
@@ -379,21 +403,8 @@ mod tests {
 
     #[test]
     fn status_is_the_worst_check_not_ignored() {
-        let mut i = Instance {
-            node: "n".into(),
-            service_id: "s".into(),
-            lan: Addresses::default(),
-            wan: Addresses::default(),
-            service_address: false,
-            port: 1,
-            wan_port: None,
-            tags: vec![],
-            service_meta: BTreeMap::new(),
-            node_meta: BTreeMap::new(),
-            weight_passing: 1,
-            weight_warning: 1,
-            checks: vec![],
-        };
+        let mut i = test_instance("n", "10.0.0.1", CheckStatus::Passing);
+        i.checks.clear();
         assert_eq!(i.status(&[]), CheckStatus::Passing);
         i.checks = vec![
             check("serfHealth", CheckStatus::Passing),

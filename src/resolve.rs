@@ -83,6 +83,27 @@ pub struct Answer {
 }
 
 impl Answer {
+    /// SERVFAIL with Extended DNS Error "Not Ready" naming what is missing.
+    pub fn not_ready(needs: &Needs) -> Self {
+        let waiting: Vec<String> = needs
+            .services
+            .iter()
+            .map(|k| format!("{} in {}", k.service, k.datacenter))
+            .chain(
+                needs
+                    .catalogs
+                    .iter()
+                    .map(|dc| format!("the catalog of {dc}")),
+            )
+            .collect();
+        let mut answer = Self::empty(needs.kind, ResponseCode::ServFail);
+        answer.extended_error = Some((
+            EDE_NOT_READY,
+            format!("no data from Consul yet for {}", waiting.join(", ")),
+        ));
+        answer
+    }
+
     fn empty(kind: Kind, rcode: ResponseCode) -> Self {
         Self {
             rcode,
@@ -108,8 +129,10 @@ pub enum Outcome {
 }
 
 /// Data a pending answer waits for.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Needs {
+    /// What kind of name is waiting (for the answer given if it times out).
+    pub kind: Kind,
     /// Service health per (datacenter, service).
     pub services: Vec<ServiceKey>,
     /// Catalogs of these datacenters.
@@ -130,7 +153,7 @@ pub const EDE_NOT_READY: u16 = 14;
 /// The settled configuration resolution needs.
 #[derive(Clone, Debug)]
 pub struct Resolver {
-    domains: Vec<Name>,
+    domains: Vec<ZoneNames>,
     queries: HashMap<String, Arc<QueryDef>>,
     implicit: bool,
     defaults: Policy,
@@ -150,7 +173,13 @@ impl Resolver {
             .chain(&config.dns.alt_domains)
             .filter_map(|d| {
                 let fqdn = format!("{}.", d.trim_end_matches('.').to_ascii_lowercase());
-                Name::from_ascii(fqdn).ok()
+                let domain = Name::from_ascii(fqdn).ok()?;
+                let under = |label: &str| Name::from_ascii(label).ok()?.append_domain(&domain).ok();
+                Some(ZoneNames {
+                    ns: under("ns")?,
+                    hostmaster: under("hostmaster")?,
+                    domain,
+                })
             })
             .collect();
         let queries = config
@@ -196,17 +225,22 @@ impl Resolver {
         view: &impl HealthLookup,
         ctx: &mut Context<'_>,
     ) -> Outcome {
-        let Some(domain) = self.domains.iter().find(|d| d.zone_of(&question.name)) else {
+        let Some(names) = self
+            .domains
+            .iter()
+            .find(|z| z.domain.zone_of(&question.name))
+        else {
             return Outcome::Answer(Answer::empty(Kind::OutOfZone, ResponseCode::Refused));
         };
         if question.qclass != DNSClass::IN {
             return Outcome::Answer(Answer::empty(Kind::OutOfZone, ResponseCode::Refused));
         }
         let zone = Zone {
-            domain,
-            soa: self.soa(domain, ctx.serial),
+            domain: &names.domain,
+            ns: &names.ns,
+            soa: self.soa(names, ctx.serial),
         };
-        let relative = relative_labels(&question.name, domain);
+        let relative = relative_labels(&question.name, &names.domain);
         let labels: Vec<&str> = relative.iter().map(String::as_str).collect();
         let datacenters = view.datacenters();
         let local = view.local_datacenter();
@@ -250,34 +284,32 @@ impl Resolver {
         }
     }
 
-    fn soa(&self, domain: &Name, serial: u32) -> Record {
-        let mname = Name::from_ascii("ns")
-            .and_then(|n| n.append_domain(domain))
-            .unwrap_or_else(|_| domain.clone());
-        let rname = Name::from_ascii("hostmaster")
-            .and_then(|n| n.append_domain(domain))
-            .unwrap_or_else(|_| domain.clone());
-        let soa = SOA::new(mname, rname, serial, 3600, 600, 86_400, self.negative_ttl);
-        Record::from_rdata(domain.clone(), self.negative_ttl, RData::SOA(soa))
+    fn soa(&self, names: &ZoneNames, serial: u32) -> Record {
+        let soa = SOA::new(
+            names.ns.clone(),
+            names.hostmaster.clone(),
+            serial,
+            3600,
+            600,
+            86_400,
+            self.negative_ttl,
+        );
+        Record::from_rdata(names.domain.clone(), self.negative_ttl, RData::SOA(soa))
     }
 
     fn apex(&self, question: &Question, zone: &Zone<'_>) -> Answer {
         let mut answer = Answer::empty(Kind::Zone, ResponseCode::NoError);
-        let ns = || {
-            let target = Name::from_ascii("ns").and_then(|n| n.append_domain(zone.domain));
-            target
-                .map(|t| Record::from_rdata(question.name.clone(), self.ttl, RData::NS(NS(t))))
-                .ok()
-        };
         let mut soa = zone.soa.clone();
         soa.name = question.name.clone();
+        let ns = Record::from_rdata(
+            question.name.clone(),
+            self.ttl,
+            RData::NS(NS(zone.ns.clone())),
+        );
         match question.qtype {
             RecordType::SOA => answer.answers.push(soa),
-            RecordType::NS => answer.answers.extend(ns()),
-            RecordType::ANY => {
-                answer.answers.push(soa);
-                answer.answers.extend(ns());
-            }
+            RecordType::NS => answer.answers.push(ns),
+            RecordType::ANY => answer.answers.extend([soa, ns]),
             _ => return zone.nodata(Kind::Zone),
         }
         answer
@@ -335,6 +367,7 @@ impl Resolver {
                 return Outcome::Answer(zone.nxdomain(Kind::Query));
             }
             return Outcome::Pending(Needs {
+                kind: Kind::Query,
                 services: Vec::new(),
                 catalogs: pending,
             });
@@ -386,6 +419,7 @@ impl Resolver {
                         Vec::new()
                     };
                     return Outcome::Pending(Needs {
+                        kind,
                         services: vec![ServiceKey::new(dc, &def.service)],
                         catalogs,
                     });
@@ -567,9 +601,18 @@ impl Resolver {
     }
 }
 
+/// A served zone and its fixed SOA names, built once per configuration.
+#[derive(Clone, Debug)]
+struct ZoneNames {
+    domain: Name,
+    ns: Name,
+    hostmaster: Name,
+}
+
 /// The zone a question fell in.
 struct Zone<'a> {
     domain: &'a Name,
+    ns: &'a Name,
     soa: Record,
 }
 

@@ -1,7 +1,6 @@
 //! The handler over real sockets, fed from a view filled by hand (no
 //! Consul): the protocol rules around the answer logic.
 
-use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use hickory_proto::op::{Message, MessageType, Query};
@@ -11,7 +10,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::*;
 use crate::config::Config;
-use crate::health::{Addresses, Check, CheckStatus, Instance, ServiceHealth};
+use crate::health::{CheckStatus, Instance, ServiceHealth, test_instance};
+use crate::resolve::EDE_NOT_READY;
 
 /// Starts no watch: the tests fill the view themselves.
 struct NoWatches;
@@ -23,23 +23,9 @@ impl WatchDemand for NoWatches {
 
 fn instances(count: u8) -> Vec<Instance> {
     (1..=count)
-        .map(|i| Instance {
-            node: format!("node-{i}"),
-            service_id: "big".into(),
-            lan: Addresses::from_consul(&Ipv4Addr::new(10, 9, 0, i).to_string(), None, None),
-            wan: Addresses::default(),
-            service_address: false,
-            port: 80,
-            wan_port: None,
-            tags: vec![],
-            service_meta: BTreeMap::new(),
-            node_meta: BTreeMap::new(),
-            weight_passing: 1,
-            weight_warning: 1,
-            checks: vec![Check {
-                id: "serfHealth".into(),
-                status: CheckStatus::Passing,
-            }],
+        .map(|i| {
+            let address = Ipv4Addr::new(10, 9, 0, i).to_string();
+            test_instance(&format!("node-{i}"), &address, CheckStatus::Passing)
         })
         .collect()
 }

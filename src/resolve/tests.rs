@@ -1,11 +1,11 @@
 //! Unit and property tests of the answer logic, against a fixed view.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use proptest::prelude::*;
 
 use super::*;
-use crate::health::{Addresses, Catalog, Check};
+use crate::health::{Addresses, Catalog};
 
 /// A view held in plain maps.
 #[derive(Default)]
@@ -70,30 +70,7 @@ impl FixedView {
 }
 
 fn instance(node: &str, address: &str, status: CheckStatus) -> Instance {
-    Instance {
-        node: node.to_owned(),
-        service_id: "svc".to_owned(),
-        lan: Addresses::from_consul(address, None, None),
-        wan: Addresses::default(),
-        service_address: false,
-        port: 3000,
-        wan_port: None,
-        tags: vec![],
-        service_meta: BTreeMap::new(),
-        node_meta: BTreeMap::new(),
-        weight_passing: 10,
-        weight_warning: 1,
-        checks: vec![
-            Check {
-                id: "serfHealth".to_owned(),
-                status: CheckStatus::Passing,
-            },
-            Check {
-                id: "service:svc".to_owned(),
-                status,
-            },
-        ],
-    }
+    crate::health::test_instance(node, address, status)
 }
 
 fn resolver(toml: &str) -> Resolver {
