@@ -100,6 +100,14 @@ impl DnsHandler {
             ) {
                 Outcome::Answer(answer) => return answer,
                 Outcome::Pending(needs) => needs,
+                // Relaying to dns.upstream is not wired yet.
+                Outcome::Forward(kind) => {
+                    return Answer::not_ready(&crate::resolve::Needs {
+                        kind,
+                        services: Vec::new(),
+                        catalogs: Vec::new(),
+                    });
+                }
             };
             for key in &needs.services {
                 self.demand.ensure_service(key);

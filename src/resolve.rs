@@ -126,6 +126,10 @@ pub enum Outcome {
     /// Data the answer needs is not synced yet: start these watches, wait,
     /// and resolve again.
     Pending(Needs),
+    /// A name in the zone this resolver does not answer itself: relay the
+    /// question to `dns.upstream` (the Consul agent's DNS). Only returned
+    /// when an upstream is configured.
+    Forward(Kind),
 }
 
 /// Data a pending answer waits for.
@@ -160,6 +164,7 @@ pub struct Resolver {
     ttl: u32,
     negative_ttl: u32,
     translate_wan_addrs: bool,
+    forward: bool,
 }
 
 fn seconds(d: Duration) -> u32 {
@@ -195,6 +200,7 @@ impl Resolver {
             ttl: seconds(config.dns.ttl),
             negative_ttl: seconds(config.dns.negative_ttl),
             translate_wan_addrs: config.consul.translate_wan_addrs,
+            forward: !config.dns.upstream.is_empty(),
         }
     }
 
@@ -247,6 +253,7 @@ impl Resolver {
         match Parsed::from_labels(&labels, &datacenters) {
             Parsed::Apex => Outcome::Answer(self.apex(question, &zone)),
             Parsed::EmptyNonTerminal => Outcome::Answer(zone.nodata(Kind::Zone)),
+            Parsed::NoSuchName(Kind::Other) if self.forward => Outcome::Forward(Kind::Other),
             Parsed::UnknownDatacenter(kind) | Parsed::NoSuchName(kind) => {
                 Outcome::Answer(zone.nxdomain(kind))
             }

@@ -97,7 +97,7 @@ fn ask(r: &Resolver, view: &FixedView, name: &str, qtype: RecordType) -> Outcome
 fn answer(r: &Resolver, view: &FixedView, name: &str, qtype: RecordType) -> Answer {
     match ask(r, view, name, qtype) {
         Outcome::Answer(a) => a,
-        Outcome::Pending(needs) => panic!("{name} {qtype}: pending on {needs:?}"),
+        other => panic!("{name} {qtype}: not an answer: {other:?}"),
     }
 }
 
@@ -444,17 +444,17 @@ fn missing_data_asks_for_watches() {
             assert_eq!(needs.services, [ServiceKey::new("dc1", "grafana")]);
             assert_eq!(needs.catalogs, ["dc1"]);
         }
-        Outcome::Answer(a) => panic!("expected pending, got {a:?}"),
+        other => panic!("expected pending, got {other:?}"),
     }
     match ask(&resolver(""), &view, "loki.query.consul.", RecordType::A) {
         Outcome::Pending(needs) => assert_eq!(needs.catalogs, ["dc1"]),
-        Outcome::Answer(a) => panic!("expected pending, got {a:?}"),
+        other => panic!("expected pending, got {other:?}"),
     }
     // The local DC's catalog lacks grafana: no watch, straight to dc2.
     view.empty_catalog("dc1");
     match ask(&r, &view, "grafana.query.consul.", RecordType::A) {
         Outcome::Pending(needs) => assert_eq!(needs.services, [ServiceKey::new("dc2", "grafana")]),
-        Outcome::Answer(a) => panic!("expected pending, got {a:?}"),
+        other => panic!("expected pending, got {other:?}"),
     }
 }
 
