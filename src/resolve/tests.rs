@@ -672,7 +672,7 @@ fn zone_structure_and_refusals() {
         },
     ) {
         Outcome::Answer(a) => assert_eq!(a.rcode, ResponseCode::Refused),
-        Outcome::Pending(_) => panic!("CH class must be refused"),
+        other => panic!("CH class must be refused, got {other:?}"),
     }
 }
 
@@ -830,7 +830,7 @@ proptest! {
         let mut rng = fastrand::Rng::with_seed(3);
         match r.resolve(&question, &view, &mut Context { serial: 1, rng: &mut rng }) {
             Outcome::Answer(a) => prop_assert_ne!(a.rcode, ResponseCode::Refused),
-            Outcome::Pending(_) => {}
+            Outcome::Pending(_) | Outcome::Forward(_) => {}
         }
     }
 }
