@@ -598,6 +598,12 @@ fn check_policy(failover: &Failover, min_healthy: usize) -> Result<(), (&'static
 }
 
 /// Durations as Go-like strings: `"0s"`, `"5m"`, `"72h"`, `"1m30s"`.
+/// Parses a duration as the configuration writes them (`"10s"`, `"5m"`,
+/// `"1h30m"`), as Consul's Go durations mostly are.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    duration::parse(text)
+}
+
 mod duration {
     use std::time::Duration;
 

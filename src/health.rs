@@ -9,9 +9,12 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
+use dashmap::DashMap;
 use tokio::sync::Notify;
 
 /// The status of one Consul health check.
@@ -100,6 +103,10 @@ pub struct Instance {
     /// Whether `lan` came from the service's own address (SRV targets then
     /// use the `<hex>.addr` form) rather than the node's.
     pub service_address: bool,
+    /// The node's own LAN addresses (`<node>.node` answers).
+    pub node_lan: Addresses,
+    /// The node's WAN tagged addresses; empty when none are tagged.
+    pub node_wan: Addresses,
     /// The service port.
     pub port: u16,
     /// The port for other datacenters (the service's `wan` tagged address).
@@ -142,6 +149,8 @@ pub(crate) fn test_instance(node: &str, address: &str, status: CheckStatus) -> I
         lan: Addresses::from_consul(address, None, None),
         wan: Addresses::default(),
         service_address: false,
+        node_lan: Addresses::from_consul(address, None, None),
+        node_wan: Addresses::default(),
         port: 3000,
         wan_port: None,
         tags: vec![],
@@ -183,6 +192,28 @@ pub enum Data<T> {
 /// The services one datacenter's catalog lists.
 pub type Catalog = HashSet<String>;
 
+/// A node as the watched services show it (`<node>.node` answers).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// The node name as Consul spells it.
+    pub name: String,
+    /// Its LAN addresses.
+    pub lan: Addresses,
+    /// Its WAN tagged addresses (empty when none).
+    pub wan: Addresses,
+}
+
+impl NodeInfo {
+    /// The node of an instance.
+    pub fn of(instance: &Instance) -> Self {
+        Self {
+            name: instance.node.clone(),
+            lan: instance.node_lan.clone(),
+            wan: instance.node_wan.clone(),
+        }
+    }
+}
+
 /// What resolution reads: the view, or a fixed map in tests.
 pub trait HealthLookup {
     /// The datacenter the resolver treats as local.
@@ -194,6 +225,9 @@ pub trait HealthLookup {
     fn service(&self, datacenter: &str, service: &str) -> Data<Arc<ServiceHealth>>;
     /// The service names `datacenter` has.
     fn catalog(&self, datacenter: &str) -> Data<Arc<Catalog>>;
+    /// A node of a watched service in `datacenter`, by case-insensitive
+    /// name.
+    fn node(&self, datacenter: &str, node: &str) -> Option<Arc<NodeInfo>>;
 }
 
 /// A (datacenter, service) pair.
@@ -217,15 +251,35 @@ impl ServiceKey {
 
 type Slot<T> = Arc<ArcSwapOption<T>>;
 
+/// One (datacenter, service) pair: its snapshot and when an answer last
+/// read it.
+#[derive(Debug)]
+struct ServiceSlot {
+    data: ArcSwapOption<ServiceHealth>,
+    /// Milliseconds since the view's epoch.
+    last_used: AtomicU64,
+}
+
+/// The nodes index entry of one node.
+#[derive(Debug)]
+struct NodeEntry {
+    info: Arc<NodeInfo>,
+    /// The watched services that have an instance on it.
+    services: HashSet<String>,
+}
+
 /// The shared, always-current health view.
 pub struct HealthView {
     local: Arc<String>,
     datacenters: ArcSwap<Vec<String>>,
-    services: ArcSwap<HashMap<ServiceKey, Slot<ServiceHealth>>>,
+    services: ArcSwap<HashMap<ServiceKey, Arc<ServiceSlot>>>,
     catalogs: ArcSwap<HashMap<String, Slot<Catalog>>>,
+    /// (datacenter, lower-cased node name) → the node.
+    nodes: DashMap<(String, String), NodeEntry>,
     /// Serialises the rare rebuilds of the slot maps.
     grow: Mutex<()>,
     changed: Notify,
+    epoch: Instant,
 }
 
 impl std::fmt::Debug for HealthView {
@@ -245,9 +299,15 @@ impl HealthView {
             datacenters: ArcSwap::from_pointee(vec![local.to_owned()]),
             services: ArcSwap::default(),
             catalogs: ArcSwap::default(),
+            nodes: DashMap::new(),
             grow: Mutex::new(()),
             changed: Notify::new(),
+            epoch: Instant::now(),
         }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
     /// Replaces the datacenter list (nearest first, local included).
@@ -267,8 +327,8 @@ impl HealthView {
     /// changed it; readers keep the old map until the swap.
     fn rebuild<K: Clone + Eq + std::hash::Hash, V>(
         &self,
-        map: &ArcSwap<HashMap<K, Slot<V>>>,
-        edit: impl FnOnce(&mut HashMap<K, Slot<V>>) -> bool,
+        map: &ArcSwap<HashMap<K, Arc<V>>>,
+        edit: impl FnOnce(&mut HashMap<K, Arc<V>>) -> bool,
     ) -> bool {
         let _guard = self
             .grow
@@ -293,15 +353,28 @@ impl HealthView {
             if map.contains_key(key) {
                 return false;
             }
-            map.insert(key.clone(), Slot::default());
+            map.insert(
+                key.clone(),
+                Arc::new(ServiceSlot {
+                    data: ArcSwapOption::empty(),
+                    last_used: AtomicU64::new(self.now_ms()),
+                }),
+            );
             true
         })
     }
 
     /// Removes a pair's slot (its watch stopped).
     pub fn remove_service_slot(&self, key: &ServiceKey) {
+        let mut removed = None;
         if self.services.load().contains_key(key) {
-            self.rebuild(&self.services, |map| map.remove(key).is_some());
+            self.rebuild(&self.services, |map| {
+                removed = map.remove(key);
+                removed.is_some()
+            });
+        }
+        if let Some(old) = removed.and_then(|slot| slot.data.load_full()) {
+            self.index_nodes(key, Some(&old), None);
         }
     }
 
@@ -309,9 +382,61 @@ impl HealthView {
     pub fn apply_service(&self, key: &ServiceKey, health: ServiceHealth) {
         self.add_service_slot(key);
         if let Some(slot) = self.services.load().get(key) {
-            slot.store(Some(Arc::new(health)));
+            let health = Arc::new(health);
+            let old = slot.data.swap(Some(Arc::clone(&health)));
+            self.index_nodes(key, old.as_deref(), Some(&health));
         }
         self.changed.notify_waiters();
+    }
+
+    /// Moves the nodes index from a pair's old snapshot to its new one.
+    fn index_nodes(
+        &self,
+        key: &ServiceKey,
+        old: Option<&ServiceHealth>,
+        new: Option<&ServiceHealth>,
+    ) {
+        let node_key = |name: &str| (key.datacenter.clone(), name.to_ascii_lowercase());
+        let mut kept = HashSet::new();
+        for instance in new.map_or(&[][..], |h| &h.instances) {
+            let node_key = node_key(&instance.node);
+            let info = NodeInfo::of(instance);
+            let mut entry = self
+                .nodes
+                .entry(node_key.clone())
+                .or_insert_with(|| NodeEntry {
+                    info: Arc::new(info.clone()),
+                    services: HashSet::new(),
+                });
+            if *entry.info != info {
+                entry.info = Arc::new(info);
+            }
+            entry.services.insert(key.service.clone());
+            kept.insert(node_key);
+        }
+        for instance in old.map_or(&[][..], |h| &h.instances) {
+            let node_key = node_key(&instance.node);
+            if kept.contains(&node_key) {
+                continue;
+            }
+            if let Some(mut entry) = self.nodes.get_mut(&node_key) {
+                entry.services.remove(&key.service);
+            }
+            self.nodes
+                .remove_if(&node_key, |_, entry| entry.services.is_empty());
+        }
+    }
+
+    /// How long ago an answer last read the pair (`None`: no slot).
+    pub fn idle_for(&self, key: &ServiceKey) -> Option<Duration> {
+        let slot = Arc::clone(self.services.load().get(key)?);
+        let last = slot.last_used.load(Ordering::Relaxed);
+        Some(Duration::from_millis(self.now_ms().saturating_sub(last)))
+    }
+
+    /// The number of nodes indexed (for tests and metrics).
+    pub fn node_count(&self) -> usize {
+        self.nodes.len()
     }
 
     /// Stores a datacenter's catalog of service names.
@@ -354,15 +479,25 @@ impl HealthLookup for HealthView {
 
     fn service(&self, datacenter: &str, service: &str) -> Data<Arc<ServiceHealth>> {
         let key = ServiceKey::new(datacenter, service);
-        match self
-            .services
-            .load()
-            .get(&key)
-            .and_then(|slot| slot.load_full())
-        {
+        let services = self.services.load();
+        let Some(slot) = services.get(&key) else {
+            return Data::Pending;
+        };
+        // Reading marks the pair used; write only when the stamp moved, so
+        // hot pairs do not bounce a cache line between cores.
+        let now = self.now_ms();
+        if slot.last_used.load(Ordering::Relaxed) < now {
+            slot.last_used.store(now, Ordering::Relaxed);
+        }
+        match slot.data.load_full() {
             Some(health) => Data::Ready(health),
             None => Data::Pending,
         }
+    }
+
+    fn node(&self, datacenter: &str, node: &str) -> Option<Arc<NodeInfo>> {
+        let key = (datacenter.to_owned(), node.to_ascii_lowercase());
+        self.nodes.get(&key).map(|entry| Arc::clone(&entry.info))
     }
 
     fn catalog(&self, datacenter: &str) -> Data<Arc<Catalog>> {

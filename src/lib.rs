@@ -14,6 +14,7 @@
 //!                 health  (immutable snapshots per (datacenter, service))
 //!                   │
 //!   config ───►   resolve (pure: question + view + policy → Answer)
+//!   prepared ─┘   (Consul's prepared queries and templates, settled)
 //!                   │
 //!                   ▼
 //!                 dns     (hickory-server on UDP and TCP)
@@ -31,6 +32,7 @@ pub mod demo;
 pub mod dns;
 pub mod health;
 pub mod metrics;
+pub mod prepared;
 pub mod resolve;
 
 /// The version of this build, as Cargo knows it.

@@ -4,8 +4,12 @@
 //!
 //! Names (DESIGN §2), relative to the zone (`consul.` or an alt domain):
 //! `<q>.query[.<dc>]`, `_<q>._tcp.query[.<dc>]`, `[<tag>.]<svc>.service[.<dc>]`,
-//! `_<svc>._<tag|tcp>.service[.<dc>]`, `<hex>.addr[.<dc>]`, the apex, and the
-//! empty non-terminals above them.
+//! `_<svc>._<tag|tcp>.service[.<dc>]`, `<node>.node[.<dc>]`,
+//! `<hex>.addr[.<dc>]`, the apex, and the empty non-terminals above them.
+//!
+//! `<q>` resolves to a `[[query]]` of the configuration, else a prepared
+//! query defined in Consul (ID, exact name, longest template prefix), else,
+//! with `queries.implicit`, the service of that name.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -17,7 +21,10 @@ use hickory_proto::rr::rdata::{A, AAAA, CNAME, NS, SOA, SRV};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 
 use crate::config::{Config, OnAllUnhealthy, Policy, QueryDef};
-use crate::health::{CheckStatus, Data, HealthLookup, Instance, ServiceHealth, ServiceKey};
+use crate::health::{
+    Addresses, CheckStatus, Data, HealthLookup, Instance, ServiceHealth, ServiceKey,
+};
+use crate::prepared::{PreparedQueries, Settings};
 
 /// A question as asked: the name keeps the client's letter case.
 #[derive(Clone, Debug)]
@@ -39,6 +46,8 @@ pub enum Kind {
     Service,
     /// `*.addr.<domain>`.
     Addr,
+    /// `*.node.<domain>`.
+    Node,
     /// The apex and empty non-terminals.
     Zone,
     /// Another name in the zone.
@@ -54,6 +63,7 @@ impl Kind {
             Self::Query => "query",
             Self::Service => "service",
             Self::Addr => "addr",
+            Self::Node => "node",
             Self::Zone => "zone",
             Self::Other => "other",
             Self::OutOfZone => "out_of_zone",
@@ -80,6 +90,10 @@ pub struct Answer {
     pub remote: bool,
     /// An Extended DNS Error (RFC 8914) info code and text.
     pub extended_error: Option<(u16, String)>,
+    /// Pairs of the failover chain with no data yet, behind the
+    /// datacenter that answered: start their watches (without waiting),
+    /// so a later failover is a memory read.
+    pub warm: Vec<ServiceKey>,
 }
 
 impl Answer {
@@ -114,7 +128,15 @@ impl Answer {
             datacenter: None,
             remote: false,
             extended_error: None,
+            warm: Vec::new(),
         }
+    }
+
+    /// SERVFAIL with an Extended DNS Error.
+    pub fn servfail(kind: Kind, code: u16, text: String) -> Self {
+        let mut answer = Self::empty(kind, ResponseCode::ServFail);
+        answer.extended_error = Some((code, text));
+        answer
     }
 }
 
@@ -153,12 +175,15 @@ pub struct Context<'a> {
 
 /// EDE info code 14, "Not Ready" (RFC 8914 §4.15).
 pub const EDE_NOT_READY: u16 = 14;
+/// EDE info code 0, "Other Error" (RFC 8914 §4.1).
+pub const EDE_OTHER: u16 = 0;
 
 /// The settled configuration resolution needs.
 #[derive(Clone, Debug)]
 pub struct Resolver {
     domains: Vec<ZoneNames>,
     queries: HashMap<String, Arc<QueryDef>>,
+    prepared: Option<Arc<PreparedQueries>>,
     implicit: bool,
     defaults: Policy,
     ttl: u32,
@@ -195,6 +220,10 @@ impl Resolver {
         Self {
             domains,
             queries,
+            prepared: config
+                .queries
+                .prepared
+                .then(|| Arc::new(PreparedQueries::default())),
             implicit: config.queries.implicit,
             defaults: config.queries.defaults.clone(),
             ttl: seconds(config.dns.ttl),
@@ -207,6 +236,35 @@ impl Resolver {
     /// The `[[query]]` definitions.
     pub fn query_defs(&self) -> impl Iterator<Item = &QueryDef> {
         self.queries.values().map(|q| &**q)
+    }
+
+    /// What settles Consul's prepared queries under this configuration.
+    pub fn prepared_settings(config: &Config) -> Settings {
+        Settings {
+            defaults: config.queries.defaults.clone(),
+            ttl: config.dns.ttl,
+        }
+    }
+
+    /// Whether prepared queries are served (`queries.prepared`).
+    pub fn serves_prepared(&self) -> bool {
+        self.prepared.is_some()
+    }
+
+    /// The prepared queries served now (empty when off or none loaded).
+    pub fn prepared(&self) -> Option<&Arc<PreparedQueries>> {
+        self.prepared.as_ref()
+    }
+
+    /// This resolver with another set of prepared queries; ignored when
+    /// `queries.prepared` is off.
+    #[must_use]
+    pub fn with_prepared(&self, set: Arc<PreparedQueries>) -> Self {
+        let mut next = self.clone();
+        if next.prepared.is_some() {
+            next.prepared = Some(set);
+        }
+        next
     }
 
     /// The failover chain of a policy seen from `local`: the local
@@ -259,6 +317,18 @@ impl Resolver {
             }
             Parsed::Addr { ip, datacenter } => {
                 Outcome::Answer(self.addr(question, &zone, ip, datacenter))
+            }
+            Parsed::Node { name, datacenter } => {
+                let dc = datacenter.unwrap_or(&local);
+                match view.node(dc, &name) {
+                    Some(node) => {
+                        let wan = self.translate_wan_addrs && dc != *local && !node.wan.is_empty();
+                        let addresses = if wan { &node.wan } else { &node.lan };
+                        Outcome::Answer(self.node(question, &zone, addresses))
+                    }
+                    None if self.forward => Outcome::Forward(Kind::Node),
+                    None => Outcome::Answer(zone.nxdomain(Kind::Node)),
+                }
             }
             Parsed::Query { name, datacenter } => {
                 let local = datacenter.unwrap_or(&local);
@@ -335,6 +405,42 @@ impl Resolver {
         answer
     }
 
+    /// A node's addresses, or a CNAME to its host name.
+    fn node(&self, question: &Question, zone: &Zone<'_>, addresses: &Addresses) -> Answer {
+        let owner = &question.name;
+        let mut answer = Answer::empty(Kind::Node, ResponseCode::NoError);
+        let (v4, v6) = match question.qtype {
+            RecordType::A => (true, false),
+            RecordType::AAAA => (false, true),
+            RecordType::ANY => (true, true),
+            _ => (false, false),
+        };
+        if let Some(ip) = addresses.v4.filter(|_| v4) {
+            answer
+                .answers
+                .push(Record::from_rdata(owner.clone(), self.ttl, RData::A(A(ip))));
+        }
+        if let Some(ip) = addresses.v6.filter(|_| v6) {
+            answer.answers.push(Record::from_rdata(
+                owner.clone(),
+                self.ttl,
+                RData::AAAA(AAAA(ip)),
+            ));
+        }
+        let host = addresses.hostname.as_deref().and_then(fqdn);
+        if let Some(target) = host.filter(|_| (v4 || v6) && answer.answers.is_empty()) {
+            answer.answers.push(Record::from_rdata(
+                owner.clone(),
+                self.ttl,
+                RData::CNAME(CNAME(target)),
+            ));
+        }
+        if answer.answers.is_empty() {
+            return zone.nodata(Kind::Node);
+        }
+        answer
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn query(
         &self,
@@ -349,6 +455,20 @@ impl Resolver {
         if let Some(def) = self.queries.get(name) {
             let chain = Self::chain(&def.policy, local, datacenters);
             return self.lookup(question, zone, view, ctx, def, &chain, Kind::Query);
+        }
+        match self.prepared.as_ref().and_then(|p| p.resolve(name)) {
+            Some(Ok(def)) => {
+                let chain = Self::chain(&def.policy, local, datacenters);
+                return self.lookup(question, zone, view, ctx, &def, &chain, Kind::Query);
+            }
+            Some(Err(reason)) => {
+                return Outcome::Answer(Answer::servfail(
+                    Kind::Query,
+                    EDE_OTHER,
+                    format!("the prepared query template for {name:?} does not render: {reason}"),
+                ));
+            }
+            None => {}
         }
         if !self.implicit {
             return Outcome::Answer(zone.nxdomain(Kind::Query));
@@ -400,7 +520,7 @@ impl Resolver {
         let real_local = view.local_datacenter();
         let answer_from = |position: usize, instances: &[&Instance], ctx: &mut Context<'_>| {
             let remote = chain[position] != *real_local;
-            Outcome::Answer(self.render(
+            let mut answer = self.render(
                 question,
                 zone,
                 ctx,
@@ -409,7 +529,9 @@ impl Resolver {
                 remote,
                 instances,
                 kind,
-            ))
+            );
+            answer.warm = Self::warm(view, def, &chain[position + 1..]);
+            Outcome::Answer(answer)
         };
         let mut seen: Vec<(usize, Arc<ServiceHealth>, usize)> = Vec::with_capacity(chain.len());
         for (position, dc) in chain.iter().enumerate() {
@@ -417,18 +539,22 @@ impl Resolver {
             if matches!(&catalog, Data::Ready(c) if !c.contains(&def.service)) {
                 continue;
             }
-            let health = match view.service(dc, &def.service) {
-                Data::Ready(health) => health,
-                Data::Pending => {
-                    let catalogs = if catalog == Data::Pending {
-                        vec![dc.clone()]
-                    } else {
-                        Vec::new()
-                    };
+            let health = match (view.service(dc, &def.service), catalog) {
+                (Data::Ready(health), _) => health,
+                // Whether the service exists comes first: a name no catalog
+                // lists must never start a watch.
+                (Data::Pending, Data::Pending) => {
+                    return Outcome::Pending(Needs {
+                        kind,
+                        services: Vec::new(),
+                        catalogs: vec![dc.clone()],
+                    });
+                }
+                (Data::Pending, Data::Ready(_)) => {
                     return Outcome::Pending(Needs {
                         kind,
                         services: vec![ServiceKey::new(dc, &def.service)],
-                        catalogs,
+                        catalogs: Vec::new(),
                     });
                 }
             };
@@ -457,6 +583,16 @@ impl Resolver {
                 _ => Outcome::Answer(zone.nxdomain(kind)),
             },
         }
+    }
+
+    /// The pairs behind the answering datacenter that lack data although
+    /// their catalog lists the service; reading the others marks them used.
+    fn warm(view: &impl HealthLookup, def: &QueryDef, rest: &[String]) -> Vec<ServiceKey> {
+        rest.iter()
+            .filter(|dc| matches!(view.service(dc, &def.service), Data::Pending))
+            .filter(|dc| matches!(view.catalog(dc), Data::Ready(c) if c.contains(&def.service)))
+            .map(|dc| ServiceKey::new(dc, &def.service))
+            .collect()
     }
 
     /// Records for the chosen instances.
@@ -718,6 +854,10 @@ enum Parsed<'a> {
         ip: IpAddr,
         datacenter: Option<&'a str>,
     },
+    Node {
+        name: String,
+        datacenter: Option<&'a str>,
+    },
     UnknownDatacenter(Kind),
     NoSuchName(Kind),
 }
@@ -802,6 +942,10 @@ impl<'a> Parsed<'a> {
                 }),
                 _ => Self::NoSuchName(Kind::Addr),
             },
+            "node" => Self::Node {
+                name: head.join("."),
+                datacenter,
+            },
             _ => Self::NoSuchName(Kind::Other),
         }
     }
@@ -812,6 +956,7 @@ fn kind_of(label: &str) -> Kind {
         "query" => Kind::Query,
         "service" => Kind::Service,
         "addr" => Kind::Addr,
+        "node" => Kind::Node,
         _ => Kind::Other,
     }
 }

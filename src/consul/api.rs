@@ -274,16 +274,19 @@ fn instance(entry: HealthEntry, translated: bool) -> Instance {
         )
     };
 
+    let node_lan = Addresses::from_consul(node_address, node_tag("lan_ipv4"), node_tag("lan_ipv6"));
+    let node_wan = Addresses::from_consul(
+        node_tag("wan").unwrap_or_default(),
+        node_tag("wan_ipv4"),
+        node_tag("wan_ipv6"),
+    );
     let service_lan = Addresses::from_consul(
         service_address,
         service_tag("lan_ipv4"),
         service_tag("lan_ipv6"),
     );
     let (lan, from_service) = if service_lan.is_empty() {
-        (
-            Addresses::from_consul(node_address, node_tag("lan_ipv4"), node_tag("lan_ipv6")),
-            false,
-        )
+        (node_lan.clone(), false)
     } else {
         (service_lan, true)
     };
@@ -296,11 +299,7 @@ fn instance(entry: HealthEntry, translated: bool) -> Instance {
     let wan = if !service_wan.is_empty() || from_service {
         service_wan
     } else {
-        Addresses::from_consul(
-            node_tag("wan").unwrap_or_default(),
-            node_tag("wan_ipv4"),
-            node_tag("wan_ipv6"),
-        )
+        node_wan.clone()
     };
     let wan_port = service_tagged("wan")
         .map(|tagged| tagged.port)
@@ -324,6 +323,8 @@ fn instance(entry: HealthEntry, translated: bool) -> Instance {
         lan,
         wan,
         service_address: from_service,
+        node_lan,
+        node_wan,
         port,
         wan_port,
         tags: service.tags,

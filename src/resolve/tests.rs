@@ -5,7 +5,8 @@ use std::collections::HashMap;
 use proptest::prelude::*;
 
 use super::*;
-use crate::health::{Addresses, Catalog};
+use crate::health::{Addresses, Catalog, NodeInfo};
+use crate::prepared::{PreparedQueries, decode_list};
 
 /// A view held in plain maps.
 #[derive(Default)]
@@ -34,6 +35,14 @@ impl HealthLookup for FixedView {
             .get(datacenter)
             .cloned()
             .map_or(Data::Pending, Data::Ready)
+    }
+    fn node(&self, datacenter: &str, node: &str) -> Option<Arc<NodeInfo>> {
+        self.services
+            .iter()
+            .filter(|((dc, _), _)| dc == datacenter)
+            .flat_map(|(_, health)| &health.instances)
+            .find(|i| i.node.eq_ignore_ascii_case(node))
+            .map(|i| Arc::new(NodeInfo::of(i)))
     }
 }
 
@@ -441,7 +450,8 @@ fn missing_data_asks_for_watches() {
     let r = resolver(FAILOVER);
     match ask(&r, &view, "grafana.query.consul.", RecordType::A) {
         Outcome::Pending(needs) => {
-            assert_eq!(needs.services, [ServiceKey::new("dc1", "grafana")]);
+            // The catalog first: a service no catalog lists gets no watch.
+            assert!(needs.services.is_empty(), "{needs:?}");
             assert_eq!(needs.catalogs, ["dc1"]);
         }
         other => panic!("expected pending, got {other:?}"),
@@ -453,7 +463,16 @@ fn missing_data_asks_for_watches() {
     // The local DC's catalog lacks grafana: no watch, straight to dc2.
     view.empty_catalog("dc1");
     match ask(&r, &view, "grafana.query.consul.", RecordType::A) {
-        Outcome::Pending(needs) => assert_eq!(needs.services, [ServiceKey::new("dc2", "grafana")]),
+        Outcome::Pending(needs) => assert_eq!(needs.catalogs, ["dc2"]),
+        other => panic!("expected pending, got {other:?}"),
+    }
+    view.catalogs
+        .insert("dc2".into(), Arc::new(["grafana".to_owned()].into()));
+    match ask(&r, &view, "grafana.query.consul.", RecordType::A) {
+        Outcome::Pending(needs) => {
+            assert_eq!(needs.services, [ServiceKey::new("dc2", "grafana")]);
+            assert!(needs.catalogs.is_empty());
+        }
         other => panic!("expected pending, got {other:?}"),
     }
 }
@@ -846,4 +865,151 @@ fn remote_is_relative_to_the_resolvers_own_datacenter() {
     let a = answer(&r, &view, "grafana.query.consul.", RecordType::A);
     assert_eq!(a_records(&a), ["10.2.0.1"]);
     assert!(!a.remote);
+}
+
+fn with_prepared(r: &Resolver, json: &str) -> Resolver {
+    let settings = Settings::default();
+    r.with_prepared(Arc::new(PreparedQueries::new(
+        decode_list(json.as_bytes()).unwrap(),
+        settings,
+    )))
+}
+
+fn three_dcs() -> FixedView {
+    let mut view = FixedView::new(&["dc1", "dc3", "dc2"]);
+    for (dc, ip) in [
+        ("dc1", "10.1.0.1"),
+        ("dc2", "10.2.0.1"),
+        ("dc3", "10.3.0.1"),
+    ] {
+        view.set(
+            dc,
+            "loki",
+            vec![instance(&format!("{dc}-n1"), ip, CheckStatus::Passing)],
+        );
+        view.set(
+            dc,
+            "grafana",
+            vec![instance(&format!("{dc}-g1"), ip, CheckStatus::Passing)],
+        );
+    }
+    view
+}
+
+#[test]
+fn prepared_queries_come_after_config_and_before_implicit() {
+    let r = with_prepared(
+        &resolver(
+            "[queries]\nimplicit = false\n[[query]]\nname = \"grafana\"\nservice = \"loki\"\n",
+        ),
+        r#"[{"ID":"11111111-2222-3333-4444-555555555555","Name":"grafana","Service":{"Service":"grafana"}},
+            {"ID":"21111111-2222-3333-4444-555555555555","Name":"logs","Service":{"Service":"loki",
+             "Failover":{"Datacenters":["dc2"]}},"DNS":{"TTL":"30s"}},
+            {"ID":"31111111-2222-3333-4444-555555555555","Name":"geo-",
+             "Template":{"Type":"name_prefix_match"},
+             "Service":{"Service":"${name.suffix}","Failover":{"NearestN":2}}}]"#,
+    );
+    let mut view = three_dcs();
+    // [[query]] grafana (service loki) wins over the prepared query.
+    view.set("dc1", "grafana", vec![]);
+    let a = answer(&r, &view, "grafana.query.consul.", RecordType::A);
+    assert_eq!(a_records(&a), ["10.1.0.1"]);
+    // Failover.Datacenters, DNS.TTL; the ID works as a name too.
+    view.set(
+        "dc1",
+        "loki",
+        vec![instance("n", "10.1.0.1", CheckStatus::Critical)],
+    );
+    for name in [
+        "logs.query.consul.",
+        "21111111-2222-3333-4444-555555555555.query.consul.",
+    ] {
+        let a = answer(&r, &view, name, RecordType::A);
+        assert_eq!(a_records(&a), ["10.2.0.1"], "{name}");
+        assert_eq!(a.answers[0].ttl, 30);
+    }
+    // The template: NearestN 2 picks dc3, the nearest.
+    let a = answer(&r, &view, "geo-loki.query.consul.", RecordType::A);
+    assert_eq!(a.datacenter.as_deref(), Some("dc3"));
+    // A template name whose service no catalog lists: NXDOMAIN, no watch.
+    match ask(&r, &view, "geo-nothing.query.consul.", RecordType::A) {
+        Outcome::Answer(a) => assert_eq!(a.rcode, ResponseCode::NXDomain),
+        other => panic!("expected NXDOMAIN, got {other:?}"),
+    }
+    // Implicit is off: no fallback to the service of that name.
+    let a = answer(&r, &view, "tempo.query.consul.", RecordType::A);
+    assert_eq!(a.rcode, ResponseCode::NXDomain);
+}
+
+#[test]
+fn prepared_queries_are_ignored_when_turned_off() {
+    let r = with_prepared(
+        &resolver("[queries]\nprepared = false\nimplicit = false\n"),
+        r#"[{"ID":"1","Name":"logs","Service":{"Service":"loki"}}]"#,
+    );
+    assert!(!r.serves_prepared());
+    let a = answer(&r, &three_dcs(), "logs.query.consul.", RecordType::A);
+    assert_eq!(a.rcode, ResponseCode::NXDomain);
+}
+
+#[test]
+fn nodes_of_watched_services_answer() {
+    let r = resolver("");
+    let view = three_dcs();
+    let a = answer(&r, &view, "DC2-N1.node.dc2.consul.", RecordType::A);
+    assert_eq!(a_records(&a), ["10.2.0.1"]);
+    assert_eq!(a.answers[0].name.to_ascii(), "DC2-N1.node.dc2.consul.");
+    let a = answer(&r, &view, "dc1-n1.node.consul.", RecordType::ANY);
+    assert_eq!(a_records(&a), ["10.1.0.1"]);
+    // No record of the type: NODATA with the SOA.
+    let a = answer(&r, &view, "dc1-n1.node.consul.", RecordType::AAAA);
+    assert_eq!(
+        (a.rcode, a.answers.len(), a.authorities.len()),
+        (ResponseCode::NoError, 0, 1)
+    );
+    // A node the view does not know: NXDOMAIN, or relayed with an upstream.
+    let a = answer(&r, &view, "dc2-n1.node.consul.", RecordType::A);
+    assert_eq!(a.rcode, ResponseCode::NXDomain);
+    let forwarding = resolver("[dns]\nupstream = \"127.0.0.1:8601\"\n");
+    assert!(matches!(
+        ask(&forwarding, &view, "elsewhere.node.consul.", RecordType::A),
+        Outcome::Forward(Kind::Node)
+    ));
+    assert!(matches!(
+        ask(&forwarding, &view, "web.connect.consul.", RecordType::A),
+        Outcome::Forward(Kind::Other)
+    ));
+}
+
+#[test]
+fn srv_node_targets_resolve_as_nodes() {
+    let r = resolver(FAILOVER);
+    let view = three_dcs();
+    let srv = answer(&r, &view, "_loki._tcp.service.dc3.consul.", RecordType::SRV);
+    let RData::SRV(record) = &srv.answers[0].data else {
+        panic!("not an SRV: {srv:?}");
+    };
+    let target = record.target.to_ascii();
+    assert_eq!(target, "dc3-n1.node.dc3.consul.");
+    let a = answer(&r, &view, &target, RecordType::A);
+    assert_eq!(a_records(&a), ["10.3.0.1"]);
+}
+
+#[test]
+fn chain_datacenters_behind_the_answer_are_warmed() {
+    let r = resolver(
+        "[[query]]\nname = \"loki\"\nfailover = { nearest_n = 0, datacenters = [\"dc2\", \"dc3\"] }\n",
+    );
+    let mut view = FixedView::new(&["dc1", "dc2", "dc3"]);
+    view.set(
+        "dc1",
+        "loki",
+        vec![instance("n", "10.1.0.1", CheckStatus::Passing)],
+    );
+    view.set("dc3", "other", vec![]);
+    view.catalogs
+        .insert("dc2".into(), Arc::new(["loki".to_owned()].into()));
+    let a = answer(&r, &view, "loki.query.consul.", RecordType::A);
+    // dc2 lists loki but has no data yet; dc3 does not list it.
+    assert_eq!(a.warm, [ServiceKey::new("dc2", "loki")]);
 }
