@@ -21,20 +21,36 @@ use crate::metrics::Metrics;
 pub struct AdminState {
     /// The health view.
     pub view: Arc<HealthView>,
-    /// The watches that must have synced before `/ready` says 200.
-    pub startup_watches: Vec<ServiceKey>,
+    /// The watches that must have synced before `/ready` says 200: the
+    /// pinned ones (named by the configuration or prepared queries).
+    pub required_watches: Box<dyn Fn() -> Vec<ServiceKey> + Send + Sync>,
+    /// The prepared-query listing, when served: `/ready` waits for its
+    /// first read.
+    pub prepared: Option<PreparedListing>,
     /// Datacenters whose catalogs must have synced before `/ready` says 200.
     pub startup_catalogs: Vec<String>,
     /// The metrics.
     pub metrics: Metrics,
 }
 
+/// The prepared queries' channel, and the datacenter they are read from.
+pub type PreparedListing = (
+    String,
+    tokio::sync::watch::Receiver<Option<Arc<Vec<crate::prepared::Definition>>>>,
+);
+
 impl AdminState {
     /// What has not synced yet, as readable names.
     pub fn pending(&self) -> Vec<String> {
-        let services = self
-            .startup_watches
+        let mut required = (self.required_watches)();
+        required.sort();
+        let prepared = self
+            .prepared
             .iter()
+            .filter(|(_, listing)| listing.borrow().is_none())
+            .map(|(dc, _)| format!("prepared queries of {dc}"));
+        let services = required
+            .into_iter()
             .filter(|k| self.view.service(&k.datacenter, &k.service) == Data::Pending)
             .map(|k| format!("service {} in {}", k.service, k.datacenter));
         let catalogs = self
@@ -42,7 +58,7 @@ impl AdminState {
             .iter()
             .filter(|dc| self.view.catalog(dc) == Data::Pending)
             .map(|dc| format!("catalog of {dc}"));
-        services.chain(catalogs).collect()
+        prepared.chain(services).chain(catalogs).collect()
     }
 
     fn route(&self, request: &Request<Incoming>) -> Response<Full<Bytes>> {

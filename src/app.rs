@@ -1,28 +1,31 @@
 //! Wiring: the Consul watcher feeding the view, the DNS server answering
 //! from it, and the admin endpoint reporting on both.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminState};
 use crate::config::Config;
 use crate::consul::{ConsulClient, Watcher};
 use crate::dns::{self, DnsHandler, WatchDemand, WireSettings};
-use crate::health::{HealthView, ServiceKey};
+use crate::health::{HealthLookup, HealthView, ServiceKey};
 use crate::metrics::Metrics;
+use crate::prepared::{Definition, PreparedQueries, Settings, uses_peers};
 use crate::resolve::Resolver;
 
 /// How often the datacenter list (RTT order) is refreshed.
 pub const DATACENTER_REFRESH: Duration = Duration::from_secs(60);
 
 impl WatchDemand for Watcher {
-    fn ensure_service(&self, key: &ServiceKey) {
-        Self::ensure_service(self, key);
+    fn ensure_service(&self, key: &ServiceKey) -> bool {
+        self.demand_service(key)
     }
 
     fn ensure_catalog(&self, datacenter: &str) {
@@ -104,31 +107,39 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     }
     view.set_datacenters(datacenters.clone());
 
-    let watcher = Arc::new(Watcher::new(
-        Arc::clone(&client),
-        Arc::clone(&view),
-        metrics.clone(),
-        shutdown.clone(),
-    ));
+    let watcher = Arc::new(
+        Watcher::new(
+            Arc::clone(&client),
+            Arc::clone(&view),
+            metrics.clone(),
+            shutdown.clone(),
+        )
+        .with_max_watches(config.consul.max_watches),
+    );
     watcher.spawn_datacenter_refresh(DATACENTER_REFRESH);
+    watcher.spawn_idle_reaper(config.consul.watch_idle);
     for dc in &datacenters {
         metrics.add_datacenter(dc);
         watcher.ensure_catalog(dc);
     }
-    let resolver = Resolver::new(&config);
-    let mut startup_watches = Vec::new();
-    for def in resolver.query_defs() {
-        for dc in Resolver::chain(&def.policy, &datacenter, &datacenters) {
-            let key = ServiceKey::new(&dc, &def.service);
-            watcher.ensure_service(&key);
-            if !startup_watches.contains(&key) {
-                startup_watches.push(key);
-            }
-        }
-    }
+    let resolver = Arc::new(ArcSwap::from_pointee(Resolver::new(&config)));
+    watcher.set_pinned(pinned_watches(&resolver.load(), &view));
+    let prepared = resolver.load().serves_prepared().then(|| {
+        let listing = watcher.watch_prepared(&datacenter);
+        tokio::spawn(follow_prepared(
+            listing.clone(),
+            Arc::clone(&resolver),
+            Resolver::prepared_settings(&config),
+            Arc::clone(&watcher),
+            Arc::clone(&view),
+            metrics.clone(),
+            shutdown.clone(),
+        ));
+        (datacenter.clone(), listing)
+    });
 
     let handler = DnsHandler::new(
-        Arc::new(ArcSwap::from_pointee(resolver)),
+        Arc::clone(&resolver),
         Arc::clone(&view),
         Arc::clone(&watcher) as Arc<dyn WatchDemand>,
         metrics.clone(),
@@ -149,7 +160,11 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         let bound = listener.local_addr()?;
         let state = Arc::new(AdminState {
             view: Arc::clone(&view),
-            startup_watches,
+            required_watches: {
+                let watcher = Arc::clone(&watcher);
+                Box::new(move || watcher.pinned().into_iter().collect())
+            },
+            prepared,
             startup_catalogs: datacenters.clone(),
             metrics: metrics.clone(),
         });
@@ -170,6 +185,78 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         server,
         shutdown,
     })
+}
+
+/// The health watches that always run: every (datacenter, service) of the
+/// failover chains of the `[[query]]` definitions and of Consul's static
+/// prepared queries (templates name their services only when asked).
+pub fn pinned_watches(resolver: &Resolver, view: &HealthView) -> HashSet<ServiceKey> {
+    let local = view.local_datacenter();
+    let datacenters = view.datacenters();
+    let prepared = resolver.prepared().map(|p| p.static_defs());
+    resolver
+        .query_defs()
+        .chain(prepared.into_iter().flatten())
+        .flat_map(|def| {
+            Resolver::chain(&def.policy, &local, &datacenters)
+                .into_iter()
+                .map(|dc| ServiceKey::new(&dc, &def.service))
+        })
+        .collect()
+}
+
+/// How often the pinned watches are recomputed without a prepared-query
+/// change (the datacenter list, hence the chains, may have changed).
+const PIN_REFRESH: Duration = Duration::from_secs(30);
+
+/// Applies every new prepared-query listing: settles it, swaps it into the
+/// resolver, pins the watches of its static queries, and logs the
+/// definitions that cannot be served (once per listing change).
+async fn follow_prepared(
+    mut listing: watch::Receiver<Option<Arc<Vec<Definition>>>>,
+    resolver: Arc<ArcSwap<Resolver>>,
+    settings: Settings,
+    watcher: Arc<Watcher>,
+    view: Arc<HealthView>,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) {
+    let mut warned_peers = HashSet::new();
+    loop {
+        let changed = tokio::select! {
+            () = shutdown.cancelled() => return,
+            changed = listing.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                true
+            }
+            () = tokio::time::sleep(PIN_REFRESH) => false,
+        };
+        if changed {
+            let Some(definitions) = listing.borrow_and_update().clone() else {
+                continue;
+            };
+            for definition in definitions.iter().filter(|d| uses_peers(d)) {
+                if warned_peers.insert(definition.id.clone()) {
+                    tracing::warn!(
+                        query = %definition.name,
+                        id = %definition.id,
+                        "prepared query names a cluster peer; peers are not supported, only its datacenters are served"
+                    );
+                }
+            }
+            let set = PreparedQueries::new(Vec::clone(&definitions), settings.clone());
+            for (query, reason) in set.skipped() {
+                tracing::warn!(%query, %reason, "prepared query cannot be served");
+            }
+            metrics.set_prepared_queries(set.len());
+            tracing::info!(count = set.len(), "prepared queries loaded from Consul");
+            let set = Arc::new(set);
+            resolver.rcu(|current| current.with_prepared(Arc::clone(&set)));
+        }
+        watcher.set_pinned(pinned_watches(&resolver.load(), &view));
+    }
 }
 
 /// Cancels `token` on SIGINT or SIGTERM.

@@ -23,7 +23,7 @@ use tokio::net::{TcpListener, UdpSocket};
 
 use crate::health::{HealthView, ServiceKey};
 use crate::metrics::Metrics;
-use crate::resolve::{Answer, Context, Kind, Outcome, Question, Resolver};
+use crate::resolve::{Answer, Context, EDE_OTHER, Kind, Outcome, Question, Resolver};
 
 /// The EDNS option code of Extended DNS Errors (RFC 8914).
 const EDNS_EXTENDED_ERROR: u16 = 15;
@@ -33,8 +33,9 @@ const PLAIN_UDP_LIMIT: usize = 512;
 /// Starts watches for data a question needs (implemented by the Consul
 /// watcher; a no-op in tests that feed the view directly).
 pub trait WatchDemand: Send + Sync {
-    /// Makes sure a watch for the pair runs.
-    fn ensure_service(&self, key: &ServiceKey);
+    /// Makes sure a watch for the pair runs; `false` when none runs and
+    /// the watch limit (`consul.max_watches`) refused to start one.
+    fn ensure_service(&self, key: &ServiceKey) -> bool;
     /// Makes sure the catalog of the datacenter is watched.
     fn ensure_catalog(&self, datacenter: &str);
 }
@@ -98,7 +99,12 @@ impl DnsHandler {
                     rng: &mut rng,
                 },
             ) {
-                Outcome::Answer(answer) => return answer,
+                Outcome::Answer(answer) => {
+                    for key in &answer.warm {
+                        self.demand.ensure_service(key);
+                    }
+                    return answer;
+                }
                 Outcome::Pending(needs) => needs,
                 // Relaying to dns.upstream is not wired yet.
                 Outcome::Forward(kind) => {
@@ -110,7 +116,16 @@ impl DnsHandler {
                 }
             };
             for key in &needs.services {
-                self.demand.ensure_service(key);
+                if !self.demand.ensure_service(key) {
+                    return Answer::servfail(
+                        needs.kind,
+                        EDE_OTHER,
+                        format!(
+                            "not watching {} in {}: the watch limit consul.max_watches is reached",
+                            key.service, key.datacenter
+                        ),
+                    );
+                }
             }
             for dc in &needs.catalogs {
                 self.demand.ensure_catalog(dc);

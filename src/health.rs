@@ -589,4 +589,55 @@ mod tests {
         assert_eq!(view.service("dc1", "grafana"), Data::Pending);
         assert_eq!(view.service_keys(), vec![other]);
     }
+
+    #[test]
+    fn nodes_index_follows_the_watched_services() {
+        let view = HealthView::new("dc1");
+        let snapshot = |nodes: &[(&str, &str)]| ServiceHealth {
+            index: 1,
+            instances: nodes
+                .iter()
+                .map(|(n, a)| test_instance(n, a, CheckStatus::Passing))
+                .collect(),
+        };
+        let web = ServiceKey::new("dc1", "web");
+        let api = ServiceKey::new("dc1", "api");
+        view.apply_service(
+            &web,
+            snapshot(&[("Node-A", "10.0.0.1"), ("node-b", "10.0.0.2")]),
+        );
+        view.apply_service(&api, snapshot(&[("node-b", "10.0.0.2")]));
+        let a = view
+            .node("dc1", "node-a")
+            .expect("indexed, case-insensitively");
+        assert_eq!(a.name, "Node-A");
+        assert_eq!(a.lan.v4, Some(Ipv4Addr::new(10, 0, 0, 1)));
+        assert!(view.node("dc2", "node-a").is_none(), "per datacenter");
+        // node-b leaves web but still runs api; node-a is gone with web.
+        view.apply_service(&web, snapshot(&[("node-c", "10.0.0.3")]));
+        assert!(view.node("dc1", "node-a").is_none());
+        assert!(view.node("dc1", "node-b").is_some());
+        assert!(view.node("dc1", "node-c").is_some());
+        // A moved address is seen.
+        view.apply_service(&api, snapshot(&[("node-b", "10.0.0.9")]));
+        assert_eq!(
+            view.node("dc1", "node-b").unwrap().lan.v4,
+            Some(Ipv4Addr::new(10, 0, 0, 9))
+        );
+        view.remove_service_slot(&api);
+        assert!(view.node("dc1", "node-b").is_none());
+        assert_eq!(view.node_count(), 1);
+    }
+
+    #[test]
+    fn reading_a_pair_marks_it_used() {
+        let view = HealthView::new("dc1");
+        let key = ServiceKey::new("dc1", "web");
+        assert!(view.idle_for(&key).is_none());
+        view.add_service_slot(&key);
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(view.idle_for(&key).unwrap() >= Duration::from_millis(30));
+        let _ = view.service("dc1", "web");
+        assert!(view.idle_for(&key).unwrap() < Duration::from_millis(30));
+    }
 }

@@ -11,6 +11,7 @@ pub struct Metrics {
     remote_answers: IntCounterVec,
     watch_errors: IntCounterVec,
     watches: IntGauge,
+    prepared_queries: IntGauge,
 }
 
 impl Default for Metrics {
@@ -49,11 +50,17 @@ impl Metrics {
         .expect("valid metric");
         let watches = IntGauge::new("consul_dns_watches", "Consul blocking watches running.")
             .expect("valid metric");
+        let prepared_queries = IntGauge::new(
+            "consul_dns_prepared_queries",
+            "Prepared queries (templates included) loaded from Consul.",
+        )
+        .expect("valid metric");
         for metric in [
             Box::new(queries.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(remote_answers.clone()),
             Box::new(watch_errors.clone()),
             Box::new(watches.clone()),
+            Box::new(prepared_queries.clone()),
         ] {
             registry.register(metric).expect("names are unique");
         }
@@ -63,7 +70,14 @@ impl Metrics {
             remote_answers,
             watch_errors,
             watches,
+            prepared_queries,
         }
+    }
+
+    /// Sets the number of prepared queries loaded.
+    pub fn set_prepared_queries(&self, count: usize) {
+        self.prepared_queries
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
     }
 
     /// Counts one answered query.

@@ -228,7 +228,7 @@ impl PreparedQueries {
             });
         }
         set.templates
-            .sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+            .sort_by_key(|t| std::cmp::Reverse(t.prefix.len()));
         set
     }
 

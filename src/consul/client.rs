@@ -273,6 +273,22 @@ impl ConsulClient {
         Ok((reply.index, names))
     }
 
+    /// One blocking read of `GET /v1/query` in `dc` (the local one): the
+    /// index and every prepared query defined there.
+    pub async fn prepared_queries(
+        &self,
+        dc: &str,
+        index: u64,
+    ) -> Result<(u64, Vec<crate::prepared::Definition>), ConsulError> {
+        let reply = self.blocking_read(dc, &["v1", "query"], index).await?;
+        let list =
+            crate::prepared::decode_list(&reply.body).map_err(|reason| ConsulError::Decode {
+                url: reply.url,
+                reason,
+            })?;
+        Ok((reply.index, list))
+    }
+
     /// A blocking read in `dc` along [`route`](Self::route); the first
     /// answer wins. If none answers, the agent's error is returned.
     async fn blocking_read(

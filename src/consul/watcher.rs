@@ -1,6 +1,13 @@
 //! The watch tasks: one blocking loop per (datacenter, service) feeding
 //! [`HealthView::apply_service`], one per datacenter catalog feeding
-//! [`HealthView::apply_catalog`], and the periodic datacenter-list refresh.
+//! [`HealthView::apply_catalog`], one on the local datacenter's prepared
+//! queries feeding a [`tokio::sync::watch`] channel, the periodic
+//! datacenter-list refresh, and the reaper of idle on-demand watches.
+//!
+//! Health watches are either pinned (named by the configuration or a
+//! prepared query: they run until unpinned) or on demand (started by a
+//! query, stopped after `consul.watch_idle` without one, and capped by
+//! `consul.max_watches`).
 //!
 //! A loop never gives up: on an error it logs once per streak, counts the
 //! error, backs off with jitter and keeps the last good data in the view.
@@ -12,6 +19,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -20,6 +28,7 @@ use super::blocking::DEFAULT_BACKOFF_MIN;
 use super::{Backoff, BlockingIndex, ConsulClient, ConsulError, IndexMove, RateLimit};
 use crate::health::{Data, HealthLookup, HealthView, Instance, ServiceHealth, ServiceKey};
 use crate::metrics::Metrics;
+use crate::prepared::Definition;
 
 /// One running task and the token that stops it alone.
 #[derive(Debug)]
@@ -37,8 +46,12 @@ struct Running {
     services: HashMap<ServiceKey, Task>,
     /// Catalog watches, by datacenter.
     catalogs: HashMap<String, Task>,
-    /// Datacenter-list refreshers.
-    refreshers: Vec<JoinHandle<()>>,
+    /// Datacenter-list refreshers, the prepared-query watch, the reaper.
+    background: Vec<JoinHandle<()>>,
+    /// Health watches that never go idle.
+    pinned: HashSet<ServiceKey>,
+    /// When the cap last refused a watch (to log once a minute).
+    refused_logged: Option<Instant>,
 }
 
 impl Running {
@@ -62,6 +75,9 @@ struct Shared {
     /// The tasks; also held while a service watch stores, so a stopped
     /// watch can never write after [`Watcher::stop_service`] returned.
     running: Mutex<Running>,
+    /// `consul.max_watches`: on-demand health watches stop being started
+    /// once this many health watches run.
+    max_watches: usize,
 }
 
 impl Shared {
@@ -95,8 +111,132 @@ impl Watcher {
                 metrics,
                 shutdown,
                 running: Mutex::new(Running::default()),
+                max_watches: usize::MAX,
             }),
         }
+    }
+
+    /// The same watcher with `consul.max_watches` set. Call before any
+    /// task starts.
+    #[must_use]
+    pub fn with_max_watches(self, max_watches: usize) -> Self {
+        match Arc::try_unwrap(self.shared) {
+            Ok(mut shared) => {
+                shared.max_watches = max_watches;
+                Self {
+                    shared: Arc::new(shared),
+                }
+            }
+            Err(shared) => Self { shared },
+        }
+    }
+
+    /// Starts an on-demand watch of `key` (a query needs it) unless one
+    /// runs. Returns `false` when `consul.max_watches` health watches run
+    /// already and none is for `key`: the query cannot be answered.
+    pub fn demand_service(&self, key: &ServiceKey) -> bool {
+        {
+            let mut running = self.shared.running();
+            if running.services.contains_key(key) {
+                return true;
+            }
+            if running.services.len() >= self.shared.max_watches {
+                let now = Instant::now();
+                if running
+                    .refused_logged
+                    .is_none_or(|at| now.duration_since(at) >= Duration::from_secs(60))
+                {
+                    running.refused_logged = Some(now);
+                    tracing::warn!(
+                        datacenter = %key.datacenter,
+                        service = %key.service,
+                        max_watches = self.shared.max_watches,
+                        "not watching another service: consul.max_watches health watches run; \
+                         raise it or lower consul.watch_idle"
+                    );
+                }
+                return false;
+            }
+        }
+        self.ensure_service(key);
+        true
+    }
+
+    /// Makes `keys` the pinned health watches: starts those not running;
+    /// the ones no longer pinned become on-demand watches, stopped once
+    /// idle.
+    pub fn set_pinned(&self, keys: HashSet<ServiceKey>) {
+        for key in &keys {
+            self.ensure_service(key);
+        }
+        self.shared.running().pinned = keys;
+    }
+
+    /// The pinned health watches.
+    pub fn pinned(&self) -> HashSet<ServiceKey> {
+        self.shared.running().pinned.clone()
+    }
+
+    /// Spawns the reaper: every so often, on-demand watches that no answer
+    /// read for `idle` are stopped.
+    pub fn spawn_idle_reaper(&self, idle: Duration) {
+        if self.shared.shutdown.is_cancelled() {
+            return;
+        }
+        let watcher = self.clone();
+        let every = (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(60));
+        let handle = tokio::spawn(async move {
+            let stop = watcher.shared.shutdown.clone();
+            while sleep_unless_stopped(&stop, every).await {
+                watcher.stop_idle(idle);
+            }
+        });
+        self.shared.running().background.push(handle);
+    }
+
+    /// Stops the on-demand watches idle for `idle` or longer; returns how
+    /// many.
+    pub fn stop_idle(&self, idle: Duration) -> usize {
+        let candidates: Vec<ServiceKey> = {
+            let running = self.shared.running();
+            running
+                .services
+                .keys()
+                .filter(|key| !running.pinned.contains(*key))
+                .cloned()
+                .collect()
+        };
+        let mut stopped = 0;
+        for key in candidates {
+            let idle_for = self.shared.view.idle_for(&key).unwrap_or(Duration::MAX);
+            // Pinned meanwhile? stop_service re-checks nothing, so look again.
+            if idle_for >= idle
+                && !self.shared.running().pinned.contains(&key)
+                && self.stop_service(&key)
+            {
+                stopped += 1;
+                tracing::debug!(datacenter = %key.datacenter, service = %key.service, ?idle_for, "idle Consul health watch stopped");
+            }
+        }
+        stopped
+    }
+
+    /// Starts the blocking watch of the prepared queries defined in `dc`
+    /// (the local datacenter); every new listing is sent on the returned
+    /// channel (`None` until the first read).
+    pub fn watch_prepared(&self, dc: &str) -> watch::Receiver<Option<Arc<Vec<Definition>>>> {
+        let (sender, receiver) = watch::channel(None);
+        if self.shared.shutdown.is_cancelled() {
+            return receiver;
+        }
+        let target = PreparedTarget {
+            datacenter: dc.to_owned(),
+            sink: sender,
+        };
+        let stop = self.shared.shutdown.clone();
+        let handle = tokio::spawn(watch_loop(self.shared.clone(), target, stop));
+        self.shared.running().background.push(handle);
+        receiver
     }
 
     /// Starts the blocking watch of `key` unless one runs; returns whether
@@ -183,7 +323,7 @@ impl Watcher {
             return;
         }
         let handle = tokio::spawn(refresh_datacenters(self.shared.clone(), period));
-        self.shared.running().refreshers.push(handle);
+        self.shared.running().background.push(handle);
     }
 
     /// The number of blocking watches running (health and catalog).
@@ -201,7 +341,7 @@ impl Watcher {
             let catalogs = running.catalogs.drain().map(|(_, task)| task.handle);
             services
                 .chain(catalogs)
-                .chain(running.refreshers.drain(..))
+                .chain(running.background.drain(..))
                 .collect()
         };
         for handle in handles {
@@ -317,6 +457,45 @@ impl Target for CatalogTarget {
     }
 }
 
+/// The prepared queries of the local datacenter.
+struct PreparedTarget {
+    datacenter: String,
+    sink: watch::Sender<Option<Arc<Vec<Definition>>>>,
+}
+
+impl Target for PreparedTarget {
+    type Value = Vec<Definition>;
+
+    fn datacenter(&self) -> &str {
+        &self.datacenter
+    }
+
+    fn service(&self) -> Option<&str> {
+        None
+    }
+
+    async fn read(
+        &self,
+        shared: &Shared,
+        index: u64,
+    ) -> Result<(u64, Vec<Definition>), ConsulError> {
+        shared
+            .client
+            .prepared_queries(&self.datacenter, index)
+            .await
+    }
+
+    fn store(&self, _shared: &Shared, _index: u64, list: Vec<Definition>) {
+        self.sink.send_if_modified(|current| {
+            if current.as_deref() == Some(&list) {
+                return false;
+            }
+            *current = Some(Arc::new(list));
+            true
+        });
+    }
+}
+
 /// Sleeps for `duration` unless `stop` is cancelled first; returns whether
 /// the loop should go on.
 async fn sleep_unless_stopped(stop: &CancellationToken, duration: Duration) -> bool {
@@ -327,6 +506,13 @@ async fn sleep_unless_stopped(stop: &CancellationToken, duration: Duration) -> b
     }
 }
 
+/// A blocking read answered this fast with the index sent did not block.
+const NOT_BLOCKING_WITHIN: Duration = Duration::from_millis(50);
+/// After this many such answers in a row the loop polls.
+const NOT_BLOCKING_AFTER: u32 = 3;
+/// The polling period for a server that does not block.
+pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
+
 /// The blocking loop (reference §2): read at the current index, store what
 /// changed, follow the index rules; on errors back off and keep the data.
 async fn watch_loop<T: Target>(shared: Arc<Shared>, target: T, stop: CancellationToken) {
@@ -336,12 +522,19 @@ async fn watch_loop<T: Target>(shared: Arc<Shared>, target: T, stop: Cancellatio
     let mut backoff = Backoff::default();
     let mut limit = RateLimit::default();
     let mut errors: u64 = 0;
+    // Answers to blocking reads that came back at once with the index
+    // sent: a server that does not block is polled instead.
+    let mut unblocked: u32 = 0;
     loop {
-        let pause = limit.take(Instant::now());
+        let mut pause = limit.take(Instant::now());
+        if unblocked >= NOT_BLOCKING_AFTER {
+            pause = pause.max(POLL_INTERVAL);
+        }
         if !pause.is_zero() && !sleep_unless_stopped(&stop, pause).await {
             break;
         }
         let sent = index.get();
+        let started = Instant::now();
         let result = tokio::select! {
             biased;
             () = stop.cancelled() => break,
@@ -362,6 +555,18 @@ async fn watch_loop<T: Target>(shared: Arc<Shared>, target: T, stop: Cancellatio
                         sent,
                         "Consul index went backwards; reading afresh"
                     );
+                }
+                if sent > 0 && returned == sent && started.elapsed() < NOT_BLOCKING_WITHIN {
+                    unblocked = unblocked.saturating_add(1);
+                    if unblocked == NOT_BLOCKING_AFTER {
+                        tracing::info!(
+                            datacenter,
+                            service,
+                            "Consul answers this blocking query at once; polling every {POLL_INTERVAL:?}"
+                        );
+                    }
+                } else {
+                    unblocked = 0;
                 }
                 target.store(&shared, returned.max(1), value);
             }
@@ -828,5 +1033,119 @@ mod tests {
             !f.watcher.ensure_service(&ServiceKey::new("dc1", "api")),
             "no new watch after shutdown"
         );
+    }
+
+    async fn post_query(sim: &Sim, body: &str) -> String {
+        let url = format!("{}/v1/query", sim.url("dc1").await);
+        let reply: serde_json::Value = reqwest::Client::new()
+            .post(url)
+            .body(body.to_owned())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        reply["ID"].as_str().unwrap().to_owned()
+    }
+
+    #[tokio::test]
+    async fn prepared_query_changes_arrive_within_a_second() {
+        let f = fixture(&["dc1"], |c| c).await;
+        let mut listing = f.watcher.watch_prepared("dc1");
+        within(listing.wait_for(Option::is_some)).await.unwrap();
+        assert!(listing.borrow().as_ref().unwrap().is_empty());
+        let started = Instant::now();
+        let id = post_query(
+            &f.sim,
+            r#"{"Name":"grafana","Service":{"Service":"grafana","Failover":{"Datacenters":["dc2"]}}}"#,
+        )
+        .await;
+        within(listing.wait_for(|l| l.as_ref().is_some_and(|l| l.len() == 1)))
+            .await
+            .unwrap();
+        let created = started.elapsed();
+        assert_eq!(listing.borrow().as_ref().unwrap()[0].name, "grafana");
+        let started = Instant::now();
+        reqwest::Client::new()
+            .delete(format!("{}/v1/query/{id}", f.sim.url("dc1").await))
+            .send()
+            .await
+            .unwrap()
+            .error_for_status()
+            .unwrap();
+        within(listing.wait_for(|l| l.as_ref().is_some_and(|l| l.is_empty())))
+            .await
+            .unwrap();
+        let deleted = started.elapsed();
+        assert!(
+            created < Duration::from_secs(1) && deleted < Duration::from_secs(1),
+            "created after {created:?}, deleted after {deleted:?}"
+        );
+        // The listing is a blocking watch, not a poll.
+        let blocking = f
+            .sim
+            .requests("dc1")
+            .iter()
+            .filter(|r| r.path == "/v1/query")
+            .any(|r| r.param("index").is_some_and(|i| i != "0") && r.param("wait").is_some());
+        assert!(blocking, "GET /v1/query is read with index and wait");
+    }
+
+    #[tokio::test]
+    async fn on_demand_watches_stop_when_idle_and_pinned_ones_stay() {
+        let f = fixture(&["dc1"], |c| c).await;
+        let pinned = ServiceKey::new("dc1", "grafana");
+        let used = ServiceKey::new("dc1", "loki");
+        let idle = ServiceKey::new("dc1", "tempo");
+        f.watcher.set_pinned([pinned.clone()].into());
+        assert!(f.watcher.demand_service(&used));
+        assert!(f.watcher.demand_service(&idle));
+        assert_eq!(f.watcher.watch_count(), 3);
+        let limit = Duration::from_millis(300);
+        for _ in 0..6 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            // Answers read `used`: it stays.
+            let _ = f.view.service("dc1", "loki");
+            f.watcher.stop_idle(limit);
+        }
+        assert!(
+            f.watcher.is_watching(&pinned),
+            "pinned watches never idle out"
+        );
+        assert!(f.watcher.is_watching(&used), "a watch in use stays");
+        assert!(!f.watcher.is_watching(&idle), "an unused watch stops");
+        assert!(!f.view.has_service_slot(&idle));
+        // Unpinned, grafana is on demand and idles out like the others.
+        f.watcher.set_pinned(HashSet::new());
+        tokio::time::sleep(limit).await;
+        let _ = f.view.service("dc1", "loki");
+        assert_eq!(f.watcher.stop_idle(limit), 1);
+        assert!(!f.watcher.is_watching(&pinned));
+        assert!(f.watcher.is_watching(&used));
+    }
+
+    #[tokio::test]
+    async fn the_watch_cap_refuses_on_demand_watches_only() {
+        let sim = Sim::start(&["dc1"]).await.unwrap();
+        let config = testutil::config(&sim, "dc1").await;
+        let client = Arc::new(ConsulClient::with_env(&config, |_| None).unwrap());
+        let view = Arc::new(HealthView::new("dc1"));
+        let shutdown = CancellationToken::new();
+        let _stop = shutdown.clone().drop_guard();
+        let watcher = Watcher::new(client, view, Metrics::new(), shutdown).with_max_watches(2);
+        assert!(watcher.demand_service(&ServiceKey::new("dc1", "a")));
+        assert!(watcher.demand_service(&ServiceKey::new("dc1", "b")));
+        assert!(!watcher.demand_service(&ServiceKey::new("dc1", "c")));
+        assert!(
+            watcher.demand_service(&ServiceKey::new("dc1", "a")),
+            "a running watch is fine"
+        );
+        watcher.set_pinned([ServiceKey::new("dc1", "d")].into());
+        assert!(
+            watcher.is_watching(&ServiceKey::new("dc1", "d")),
+            "pinned watches ignore the cap"
+        );
+        assert_eq!(watcher.watch_count(), 3);
     }
 }

@@ -17,7 +17,9 @@ use crate::resolve::EDE_NOT_READY;
 struct NoWatches;
 
 impl WatchDemand for NoWatches {
-    fn ensure_service(&self, _key: &ServiceKey) {}
+    fn ensure_service(&self, _key: &ServiceKey) -> bool {
+        true
+    }
     fn ensure_catalog(&self, _datacenter: &str) {}
 }
 
