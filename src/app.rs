@@ -147,6 +147,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             udp_payload: config.dns.udp_payload,
             udp_answer_limit: config.dns.udp_answer_limit,
             first_answer_wait: config.dns.first_answer_wait,
+            upstream: config.dns.upstream.parse().ok(),
         },
     );
     let (server, dns) =

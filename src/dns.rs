@@ -11,8 +11,8 @@ use hickory_proto::ProtoError;
 use hickory_proto::op::{
     Edns, EmitAndCount, Header, Metadata, OpCode, ResponseCode, emit_message_parts,
 };
-use hickory_proto::rr::Record;
-use hickory_proto::rr::rdata::opt::EdnsOption;
+use hickory_proto::rr::rdata::opt::{EdnsCode, EdnsOption};
+use hickory_proto::rr::{Record, RecordType};
 use hickory_proto::serialize::binary::{BinEncoder, NameEncoding};
 use hickory_server::Server;
 use hickory_server::net::runtime::Time;
@@ -24,6 +24,7 @@ use tokio::net::{TcpListener, UdpSocket};
 use crate::health::{HealthView, ServiceKey};
 use crate::metrics::Metrics;
 use crate::resolve::{Answer, Context, EDE_OTHER, Kind, Outcome, Question, Resolver};
+use crate::upstream::{EDE_NO_REACHABLE_AUTHORITY, Upstream};
 
 /// The EDNS option code of Extended DNS Errors (RFC 8914).
 const EDNS_EXTENDED_ERROR: u16 = 15;
@@ -47,8 +48,28 @@ pub struct WireSettings {
     pub udp_payload: u16,
     /// At most this many answers per UDP response (0: no cap).
     pub udp_answer_limit: usize,
-    /// How long a query may wait for data not synced yet.
+    /// How long a query may wait for data not synced yet, and for a
+    /// relayed answer.
     pub first_answer_wait: Duration,
+    /// Where names in the zone the resolver does not answer itself are
+    /// relayed (`dns.upstream`, the Consul agent's DNS), if anywhere.
+    pub upstream: Option<SocketAddr>,
+}
+
+/// An answer, with the AA bit of a relayed one.
+struct Reply {
+    answer: Answer,
+    /// AA as the upstream set it; `None` for answers of our own.
+    upstream_authoritative: Option<bool>,
+}
+
+impl From<Answer> for Reply {
+    fn from(answer: Answer) -> Self {
+        Self {
+            answer,
+            upstream_authoritative: None,
+        }
+    }
 }
 
 /// The request handler shared by every listener.
@@ -58,6 +79,7 @@ pub struct DnsHandler {
     demand: Arc<dyn WatchDemand>,
     metrics: Metrics,
     settings: WireSettings,
+    upstream: Option<Upstream>,
 }
 
 impl DnsHandler {
@@ -75,12 +97,14 @@ impl DnsHandler {
             demand,
             metrics,
             settings,
+            upstream: settings.upstream.map(Upstream::new),
         }
     }
 
     /// Resolves, starting watches and waiting up to `first_answer_wait`
     /// for data that is not synced yet; then SERVFAIL with EDE "Not Ready".
-    async fn answer(&self, question: &Question) -> Answer {
+    /// Names to forward are relayed to the upstream within the same time.
+    async fn answer(&self, question: &Question, over_tcp: bool, client_edns: bool) -> Reply {
         let deadline = tokio::time::Instant::now() + self.settings.first_answer_wait;
         let mut rng = fastrand::Rng::new();
         loop {
@@ -103,16 +127,13 @@ impl DnsHandler {
                     for key in &answer.warm {
                         self.demand.ensure_service(key);
                     }
-                    return answer;
+                    return answer.into();
                 }
                 Outcome::Pending(needs) => needs,
-                // Relaying to dns.upstream is not wired yet.
                 Outcome::Forward(kind) => {
-                    return Answer::not_ready(&crate::resolve::Needs {
-                        kind,
-                        services: Vec::new(),
-                        catalogs: Vec::new(),
-                    });
+                    return self
+                        .forward(question, kind, over_tcp, client_edns, deadline)
+                        .await;
                 }
             };
             for key in &needs.services {
@@ -124,15 +145,81 @@ impl DnsHandler {
                             "not watching {} in {}: the watch limit consul.max_watches is reached",
                             key.service, key.datacenter
                         ),
-                    );
+                    )
+                    .into();
                 }
             }
             for dc in &needs.catalogs {
                 self.demand.ensure_catalog(dc);
             }
             if tokio::time::timeout_at(deadline, changed).await.is_err() {
-                return Answer::not_ready(&needs);
+                return Answer::not_ready(&needs).into();
             }
+        }
+    }
+
+    /// Relays `question` to the upstream by `deadline`: its RCODE, AA bit
+    /// and records (its OPT record aside), or SERVFAIL with an Extended
+    /// DNS Error naming the upstream.
+    async fn forward(
+        &self,
+        question: &Question,
+        kind: Kind,
+        over_tcp: bool,
+        client_edns: bool,
+        deadline: tokio::time::Instant,
+    ) -> Reply {
+        let Some(upstream) = &self.upstream else {
+            // The resolver forwards only when dns.upstream is set; a
+            // handler built without one says so rather than guess.
+            return Answer::servfail(
+                kind,
+                EDE_NO_REACHABLE_AUTHORITY,
+                "no dns.upstream to relay to".to_owned(),
+            )
+            .into();
+        };
+        let edns_payload = client_edns.then_some(self.settings.udp_payload);
+        let reply = match upstream
+            .relay(question, over_tcp, edns_payload, deadline)
+            .await
+        {
+            Ok(reply) => reply,
+            Err(error) => {
+                return Answer::servfail(kind, error.extended_error_code(), error.to_string())
+                    .into();
+            }
+        };
+        let mut rcode = reply.metadata.response_code;
+        if !client_edns && rcode.high() > 0 {
+            // An extended RCODE needs an OPT record the client cannot read.
+            rcode = ResponseCode::ServFail;
+        }
+        // The upstream's own Extended DNS Error, if it gave one.
+        let extended_error = reply
+            .edns
+            .as_ref()
+            .and_then(|e| e.option(EdnsCode::Unknown(EDNS_EXTENDED_ERROR)))
+            .and_then(|option| match option {
+                EdnsOption::Unknown(_, data) if data.len() >= 2 => Some((
+                    u16::from_be_bytes([data[0], data[1]]),
+                    String::from_utf8_lossy(&data[2..]).into_owned(),
+                )),
+                _ => None,
+            });
+        let mut answer = Answer::servfail(kind, 0, String::new());
+        answer.rcode = rcode;
+        answer.extended_error = extended_error;
+        answer.answers = reply.answers;
+        answer.authorities = reply.authorities;
+        answer.additionals = reply
+            .additionals
+            .into_iter()
+            .filter(|r| r.record_type() != RecordType::OPT)
+            .collect();
+        Reply {
+            answer,
+            upstream_authoritative: Some(reply.metadata.authoritative),
         }
     }
 }
@@ -271,11 +358,15 @@ impl RequestHandler for DnsHandler {
                     qtype: original.query_type(),
                     qclass: original.query_class(),
                 };
-                let mut answer = self.answer(&question).await;
+                let Reply {
+                    mut answer,
+                    upstream_authoritative,
+                } = self.answer(&question, !udp, request.edns.is_some()).await;
 
                 let mut metadata = Metadata::response_from_request(&request.metadata);
                 metadata.response_code = answer.rcode;
-                metadata.authoritative = answer.kind != Kind::OutOfZone;
+                metadata.authoritative =
+                    upstream_authoritative.unwrap_or(answer.kind != Kind::OutOfZone);
                 metadata.recursion_available = false;
                 if let (Some(e), Some((code, text))) = (edns.as_mut(), &answer.extended_error) {
                     let mut data = code.to_be_bytes().to_vec();

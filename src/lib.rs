@@ -18,6 +18,9 @@
 //!                   │
 //!                   ▼
 //!                 dns     (hickory-server on UDP and TCP)
+//!                   │ other names in the zone
+//!                   ▼
+//!                 upstream (relay to dns.upstream, the Consul agent's DNS)
 //! admin (HTTP: /health /ready /metrics)     app (wiring)     demo
 //! ```
 //!
@@ -34,6 +37,7 @@ pub mod health;
 pub mod metrics;
 pub mod prepared;
 pub mod resolve;
+pub mod upstream;
 
 /// The version of this build, as Cargo knows it.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

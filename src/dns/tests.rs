@@ -12,6 +12,7 @@ use super::*;
 use crate::config::Config;
 use crate::health::{CheckStatus, Instance, ServiceHealth, test_instance};
 use crate::resolve::EDE_NOT_READY;
+use crate::upstream::tests::{FAKE_ADDRESS, FakeUpstream, Mode};
 
 /// Starts no watch: the tests fill the view themselves.
 struct NoWatches;
@@ -35,8 +36,15 @@ fn instances(count: u8) -> Vec<Instance> {
 /// A served handler over a view holding `big` (100 instances) and `web`
 /// (2) in dc1, and `later` watched but never synced.
 async fn start(extra: &str) -> (SocketAddr, Server<DnsHandler>) {
+    start_waiting("200ms", extra).await
+}
+
+/// [`start`] with `dns.first_answer_wait` set to `wait`.
+async fn start_waiting(wait: &str, extra: &str) -> (SocketAddr, Server<DnsHandler>) {
     let config = Config::from_toml_str(
-        &format!("[dns]\nfirst_answer_wait = \"200ms\"\n{extra}\n[consul]\ndatacenter = \"dc1\"\n"),
+        &format!(
+            "[dns]\nfirst_answer_wait = \"{wait}\"\n{extra}\n[consul]\ndatacenter = \"dc1\"\n"
+        ),
         "test.toml",
     )
     .unwrap();
@@ -69,6 +77,7 @@ async fn start(extra: &str) -> (SocketAddr, Server<DnsHandler>) {
             udp_payload: config.dns.udp_payload,
             udp_answer_limit: config.dns.udp_answer_limit,
             first_answer_wait: config.dns.first_answer_wait,
+            upstream: config.dns.upstream.parse().ok(),
         },
     );
     let (server, bound) = serve(
@@ -296,4 +305,163 @@ async fn unsynced_data_gets_servfail_with_an_extended_error_in_time() {
         }
         other => panic!("no Extended DNS Error: {other:?}"),
     }
+}
+
+/// The Extended DNS Error of `reply`: info code and text.
+fn extended_error(reply: &Message) -> Option<(u16, String)> {
+    match reply
+        .edns
+        .as_ref()?
+        .option(EdnsCode::Unknown(EDNS_EXTENDED_ERROR))?
+    {
+        EdnsOption::Unknown(_, data) if data.len() >= 2 => Some((
+            u16::from_be_bytes([data[0], data[1]]),
+            String::from_utf8_lossy(&data[2..]).into_owned(),
+        )),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn upstream_answers_names_the_resolver_does_not_answer() {
+    let fake = FakeUpstream::start(Mode::Answer).await;
+    let (server, _s) = start(&format!("upstream = \"{}\"", fake.addr)).await;
+
+    let (reply, _) = udp(
+        server,
+        &query("WeB.CoNnEcT.consul.", RecordType::A, Some(4096))
+            .to_vec()
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(reply.queries[0].name().to_ascii(), "WeB.CoNnEcT.consul.");
+    assert!(reply.metadata.authoritative, "AA as the upstream set it");
+    assert!(!reply.metadata.recursion_available);
+    assert!(
+        matches!(&reply.answers[..], [r] if r.data == RData::A(FAKE_ADDRESS.into())),
+        "{:?}",
+        reply.answers
+    );
+    assert_eq!(reply.additionals.len(), 1, "{:?}", reply.additionals);
+    assert_eq!(
+        reply.edns.as_ref().map(Edns::max_payload),
+        Some(1232),
+        "our OPT, not the upstream's"
+    );
+
+    let reply = tcp(server, &query("web.connect.consul.", RecordType::A, None)).await;
+    assert!(matches!(&reply.answers[..], [r] if r.data == RData::A(FAKE_ADDRESS.into())));
+    assert!(reply.edns.is_none());
+
+    let (reply, _) = udp(
+        server,
+        &query("missing.connect.consul.", RecordType::A, None)
+            .to_vec()
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(reply.metadata.response_code, ResponseCode::NXDomain);
+
+    // Names the resolver answers itself never reach the upstream.
+    let before = fake.transports();
+    assert_eq!(before, ["UDP", "TCP", "UDP"]);
+    for name in ["web.query.consul.", "nothing.service.consul.", "consul."] {
+        let (reply, _) = udp(server, &query(name, RecordType::A, None).to_vec().unwrap()).await;
+        assert_ne!(
+            reply.metadata.response_code,
+            ResponseCode::ServFail,
+            "{name}"
+        );
+    }
+    assert_eq!(fake.transports(), before);
+}
+
+#[tokio::test]
+async fn upstream_truncated_over_udp_is_fetched_over_tcp_and_cut_for_the_client() {
+    let fake = FakeUpstream::start(Mode::TruncateUdp).await;
+    let (server, _s) = start(&format!("upstream = \"{}\"", fake.addr)).await;
+    let (reply, size) = udp(
+        server,
+        &query("big.connect.consul.", RecordType::A, Some(1232))
+            .to_vec()
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(fake.transports(), ["UDP", "TCP"]);
+    assert!(reply.metadata.truncation && size <= 1232, "{size}");
+    assert!(reply.answers.len() > 1 && reply.answers.len() < 100);
+    assert!(reply.edns.is_some(), "OPT kept when truncating");
+
+    let reply = tcp(
+        server,
+        &query("big.connect.consul.", RecordType::A, Some(1232)),
+    )
+    .await;
+    assert!(!reply.metadata.truncation);
+    assert_eq!(reply.answers.len(), 100);
+}
+
+#[tokio::test]
+async fn upstream_stray_replies_are_ignored() {
+    let fake = FakeUpstream::start(Mode::StrayFirst).await;
+    let (server, _s) = start(&format!("upstream = \"{}\"", fake.addr)).await;
+    let (reply, _) = udp(
+        server,
+        &query("web.connect.consul.", RecordType::A, None)
+            .to_vec()
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
+    assert!(matches!(&reply.answers[..], [r] if r.data == RData::A(FAKE_ADDRESS.into())));
+}
+
+#[tokio::test]
+async fn upstream_silent_gets_a_prompt_servfail_with_an_extended_error() {
+    let fake = FakeUpstream::start(Mode::Silent).await;
+    let wait = Duration::from_secs(1);
+    let (server, _s) = start_waiting("1s", &format!("upstream = \"{}\"", fake.addr)).await;
+    let ask = |name: &str, edns| query(name, RecordType::A, edns).to_vec().unwrap();
+
+    let started = std::time::Instant::now();
+    let (reply, _) = udp(server, &ask("web.connect.consul.", Some(1232))).await;
+    let udp_waited = started.elapsed();
+    let started = std::time::Instant::now();
+    let over_tcp = tcp(
+        server,
+        &query("web.connect.consul.", RecordType::A, Some(1232)),
+    )
+    .await;
+    let tcp_waited = started.elapsed();
+    println!("silent upstream: SERVFAIL after {udp_waited:?} (UDP), {tcp_waited:?} (TCP)");
+    for (reply, waited) in [(&reply, udp_waited), (&over_tcp, tcp_waited)] {
+        assert_eq!(reply.metadata.response_code, ResponseCode::ServFail);
+        assert!(
+            waited >= wait - Duration::from_millis(50) && waited < wait.mul_f32(1.5),
+            "SERVFAIL after {waited:?} with first_answer_wait {wait:?}"
+        );
+        let (code, text) = extended_error(reply).expect("an Extended DNS Error");
+        assert_eq!(code, EDE_NO_REACHABLE_AUTHORITY);
+        assert!(text.contains(&fake.addr.to_string()), "{text}");
+    }
+
+    // Meanwhile, names of our own are answered at once.
+    let started = std::time::Instant::now();
+    let (reply, _) = udp(server, &ask("web.query.consul.", None)).await;
+    assert_eq!(reply.answers.len(), 2);
+    assert!(started.elapsed() < Duration::from_millis(200));
+}
+
+#[tokio::test]
+async fn upstream_unset_means_nxdomain_and_no_relay() {
+    let (server, _s) = start("").await;
+    let (reply, _) = udp(
+        server,
+        &query("web.connect.consul.", RecordType::A, None)
+            .to_vec()
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(reply.metadata.response_code, ResponseCode::NXDomain);
 }
