@@ -304,9 +304,12 @@ impl PreparedQueries {
         self.settle(name, &definition)
     }
 
+    /// A definition as a [`QueryDef`]. A template may render an empty
+    /// service (a name its regexp does not match): as in Consul, that is a
+    /// query without instances, not an error.
     fn settle(&self, name: &str, definition: &Definition) -> Result<QueryDef, String> {
         let s = &definition.service;
-        if s.service.is_empty() {
+        if s.service.is_empty() && definition.template.kind.is_empty() {
             return Err("Service.Service is empty".to_owned());
         }
         let ttl = if definition.dns.ttl.is_empty() {
@@ -489,9 +492,9 @@ mod tests {
         assert_eq!(def.node_meta.get("rack").map(String::as_str), Some("blue"));
         let def = set.resolve("svc-loki").unwrap().unwrap();
         assert_eq!(def.tags, ["x"]);
-        // A name the regexp does not match renders every match empty, and
-        // an empty service cannot be served.
-        assert!(set.resolve("svc-").unwrap().is_err());
+        // A name the regexp does not match renders every match empty: a
+        // query for no service, which has no instances (as in Consul).
+        assert_eq!(set.resolve("svc-").unwrap().unwrap().service, "");
     }
 
     #[test]

@@ -533,6 +533,10 @@ impl Resolver {
             answer.warm = Self::warm(view, def, &chain[position + 1..]);
             Outcome::Answer(answer)
         };
+        if def.service.is_empty() {
+            // A template rendered for a name its regexp does not match.
+            return Outcome::Answer(zone.nxdomain(kind));
+        }
         let mut seen: Vec<(usize, Arc<ServiceHealth>, usize)> = Vec::with_capacity(chain.len());
         for (position, dc) in chain.iter().enumerate() {
             let catalog = view.catalog(dc);

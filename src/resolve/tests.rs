@@ -936,6 +936,26 @@ fn prepared_queries_come_after_config_and_before_implicit() {
         Outcome::Answer(a) => assert_eq!(a.rcode, ResponseCode::NXDomain),
         other => panic!("expected NXDOMAIN, got {other:?}"),
     }
+    // A template rendering no service: NXDOMAIN, as Consul answers.
+    let empty = with_prepared(
+        &r,
+        r#"[{"ID":"41111111-2222-3333-4444-555555555555","Name":"re-",
+             "Template":{"Type":"name_prefix_match","Regexp":"^re-([a-z]+)$"},
+             "Service":{"Service":"${match(1)}"}}]"#,
+    );
+    assert_eq!(
+        answer(&empty, &three_dcs(), "re-loki.query.consul.", RecordType::A)
+            .datacenter
+            .as_deref(),
+        Some("dc1")
+    );
+    let a = answer(
+        &empty,
+        &three_dcs(),
+        "re-loki_9.query.consul.",
+        RecordType::A,
+    );
+    assert_eq!(a.rcode, ResponseCode::NXDomain);
     // Implicit is off: no fallback to the service of that name.
     let a = answer(&r, &view, "tempo.query.consul.", RecordType::A);
     assert_eq!(a.rcode, ResponseCode::NXDomain);

@@ -2,6 +2,7 @@
 //! for `consul.`, glibc's `getaddrinfo` and `curl` through that unbound
 //! (DESIGN §8).
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
@@ -10,8 +11,8 @@ use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::{Record, RecordType};
 
 use crate::support::{
-    Federation, Instance, Net, Server, Unbound, assert_apex_soa, curl, dig, getaddrinfo_v4, poll,
-    query, serve_http, udp, with_edns,
+    Federation, Instance, Net, Server, Unbound, addr_target, assert_apex_soa, curl, dig,
+    getaddrinfo_v4, ipv4s, poll, query, serve_http, srv_targets, udp, with_edns,
 };
 
 /// The answer section as sorted `(type, rdata)` text, TTLs and owner case
@@ -194,4 +195,83 @@ fn getaddrinfo_and_curl_follow_failover_through_unbound() {
     federation.set_checks("dc1", &check, PASSING);
     wait_for(&dc1);
     assert_eq!(curl(resolver, url).as_deref(), Ok("loki dc1"));
+}
+
+/// The SRV targets (lower case) of `_grafana._tcp.query.consul` through
+/// `unbound`, each with the A records unbound gives for it: polls (at
+/// most 10 s) until the targets are exactly the keys of `want`, then
+/// asserts each resolves to its address.
+fn srv_through_unbound(unbound: &Unbound, want: &BTreeMap<String, Ipv4Addr>) {
+    let name = "_grafana._tcp.query.consul";
+    let mut last = Vec::new();
+    let seen = poll(Duration::from_secs(10), Duration::from_millis(50), || {
+        let reply = udp(
+            unbound.addr(),
+            &with_edns(query(name, RecordType::SRV), 1232, 0),
+        );
+        last = srv_targets(&reply.answers);
+        let targets: Vec<&String> = last.iter().map(|(target, _)| target).collect();
+        (reply.metadata.response_code == ResponseCode::NoError
+            && targets == want.keys().collect::<Vec<_>>())
+        .then_some(())
+    });
+    assert!(
+        seen.is_some(),
+        "{name} SRV through unbound: targets {last:?}, want {:?}\nunbound log:\n{}",
+        want.keys(),
+        unbound.logs()
+    );
+    for (target, address) in want {
+        let reply = udp(unbound.addr(), &query(target, RecordType::A));
+        assert_eq!(
+            reply.metadata.response_code,
+            ResponseCode::NoError,
+            "{target} A through unbound: {reply:?}"
+        );
+        assert_eq!(
+            ipv4s(&reply.answers),
+            [*address],
+            "{target} A through unbound"
+        );
+        println!("{target} -> {address}");
+    }
+}
+
+#[test]
+fn srv_targets_resolve_through_unbound_and_follow_failover() {
+    let net = Net::claim(46);
+    let federation = Federation::start(net);
+    // grafana-1: node target; grafana-2: a service address, so an
+    // `.addr.` target.
+    federation.register(&Instance::new(
+        "dc1",
+        "grafana-1",
+        net.instance(1, 1),
+        "grafana",
+    ));
+    federation.register(
+        &Instance::new("dc1", "grafana-2", net.instance(1, 2), "grafana")
+            .service_address(net.instance(1, 22)),
+    );
+    federation.register_service("dc2", "grafana", &[net.instance(2, 1), net.instance(2, 2)]);
+    let server = Server::start(net, &federation);
+    let unbound = Unbound::start(net, server.dns());
+
+    let local = BTreeMap::from([
+        ("grafana-1.node.dc1.consul.".to_owned(), net.instance(1, 1)),
+        (addr_target(net.instance(1, 22), "dc1"), net.instance(1, 22)),
+    ]);
+    srv_through_unbound(&unbound, &local);
+
+    // dc1 down: grafana's [[query]] fails over to dc2.
+    federation.set_checks("dc1", &Instance::check_id("grafana"), CRITICAL);
+    let remote = BTreeMap::from([
+        ("grafana-1.node.dc2.consul.".to_owned(), net.instance(2, 1)),
+        ("grafana-2.node.dc2.consul.".to_owned(), net.instance(2, 2)),
+    ]);
+    srv_through_unbound(&unbound, &remote);
+
+    // And back.
+    federation.set_checks("dc1", &Instance::check_id("grafana"), PASSING);
+    srv_through_unbound(&unbound, &local);
 }

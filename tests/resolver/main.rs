@@ -13,6 +13,11 @@
 //! | `wire` | the wire rules of DESIGN §2, each through dig and Rust | 3–12 |
 //! | `forwarders` | unbound, `getaddrinfo` and `curl` through it | 20–21 |
 //! | `harness` | the harness itself, against Knot DNS | 30 |
+//! | `prepared` | Consul prepared queries and templates over DNS | 40–42 |
+//! | `differential` | random prepared queries vs consul-sim's `execute` | 43–44 |
+//! | `flood` | 100,000 random names through `dnsperf` | 45 |
+//! | `forwarders` (SRV) | SRV targets through unbound | 46 |
+//! | `upstream` | `dns.upstream` relaying to dnsmasq, and a silent upstream | 60–61 |
 //!
 //! Run `cargo test --test resolver -- --nocapture` to see the failover
 //! latency figures.
@@ -20,7 +25,11 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod differential;
 mod failover;
+mod flood;
 mod forwarders;
 mod harness;
+mod prepared;
+mod upstream;
 mod wire;

@@ -11,9 +11,9 @@
 //!   std sockets) and [`dig`] (the real `dig`, its output parsed).
 //! - Real peers: [`Unbound`] forwarding `consul.`, [`in_namespace`] for
 //!   `getent`/`curl` in a private mount namespace whose `/etc/resolv.conf`
-//!   names that unbound, [`serve_http`] for the services they reach, and
+//!   names that unbound, [`serve_http`] for the services they reach,
 //!   [`Knot`], a known-good authoritative server the harness checks itself
-//!   against.
+//!   against, and [`Dnsmasq`], the upstream `dns.upstream` relays to.
 //!
 //! Every wait is bounded and every child process is killed on drop.
 
@@ -36,7 +36,8 @@ use tokio::runtime::Runtime;
 //------------ Programs -------------------------------------------------------
 
 /// How to install every program these tests talk to.
-pub const INSTALL_HINT: &str = "apt-get install -y bind9-dnsutils unbound knot dnsperf curl";
+pub const INSTALL_HINT: &str =
+    "apt-get install -y bind9-dnsutils unbound dnsmasq-base knot dnsperf curl";
 
 /// The path of the external program `name` (searched in `PATH`, then
 /// `/usr/sbin` and `/sbin`). A missing program fails the test with the
@@ -120,6 +121,7 @@ static CLAIMED: Mutex<Vec<u8>> = Mutex::new(Vec::new());
 /// | the server's DNS (UDP and TCP) | `127.0.n.1:8600` |
 /// | the server's admin HTTP | `127.0.n.1:8653` |
 /// | a forwarder (unbound) | `127.0.n.2:53` |
+/// | an upstream DNS (dnsmasq, [`Dnsmasq::addr_for`]) | `127.0.n.9:8601` |
 /// | the simulated Consul of dc1, dc2 | `127.0.n.3:0`, `127.0.n.4:0` |
 /// | instances in dc1, dc2 | `127.(10+n).1.x`, `127.(10+n).2.x` |
 #[derive(Clone, Copy, Debug)]
@@ -1097,6 +1099,190 @@ pub fn serve_http(runtime: &Runtime, addr: SocketAddr, body: &'static str) {
     });
 }
 
+//------------ Prepared queries, N datacenters, process figures -------------
+//
+// Added for `prepared`, `differential`, `flood` and the SRV test of
+// `forwarders`: a federation of any number of datacenters, a server
+// configuration without the grafana `[[query]]`, the server's PID and
+// RSS, gauges, an HTTP client with a body, Consul's prepared-query
+// `execute` as the reference answer, and SRV target parsing.
+
+impl Federation {
+    /// Starts the datacenters `dcs` (name and WAN coordinate, `None`:
+    /// unknown) on `net`'s Consul addresses, the `i`th on
+    /// `net.consul(i)`.
+    pub fn start_dcs(net: Net, dcs: &[(&str, Option<consul_sim::model::Coordinate>)]) -> Self {
+        let runtime = runtime();
+        let mut builder = Sim::builder();
+        for (i, (name, _)) in dcs.iter().enumerate() {
+            let index = u8::try_from(i).expect("fewer than 256 datacenters");
+            builder = builder.dc(name, net.consul(index));
+        }
+        for (name, coordinate) in dcs {
+            builder = builder.coordinate(name, coordinate.clone());
+        }
+        let sim = runtime.block_on(builder.start()).expect("simulator starts");
+        Self { sim, runtime }
+    }
+
+    /// The address of `dc`'s Consul HTTP API.
+    pub fn addr(&self, dc: &str) -> SocketAddr {
+        self.runtime.block_on(self.sim.addr(dc))
+    }
+
+    /// `GET /v1/query/<name>/execute` on `dc`'s listener, over HTTP (the
+    /// reference answer, Consul's algorithm): `None` for 404 (no such
+    /// query), else the answering datacenter and the instance addresses
+    /// (service address, else node address), deduplicated and sorted.
+    /// An empty address list means `Nodes` was `[]`.
+    pub fn execute(&self, dc: &str, name: &str) -> Option<(String, Vec<Ipv4Addr>)> {
+        let path = format!("/v1/query/{name}/execute");
+        let (status, body) = http_request(self.addr(dc), "GET", &path, None)
+            .unwrap_or_else(|e| panic!("GET {path} on {dc}: {e}"));
+        if status == 404 {
+            return None;
+        }
+        assert_eq!(status, 200, "GET {path} on {dc}: {body}");
+        let reply: serde_json::Value =
+            serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"));
+        let datacenter = reply["Datacenter"].as_str().unwrap_or_default().to_owned();
+        let nodes = reply["Nodes"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{path}: no Nodes array: {body}"));
+        let addresses: BTreeSet<Ipv4Addr> = nodes
+            .iter()
+            .map(|node| {
+                let service = node["Service"]["Address"].as_str().unwrap_or_default();
+                let address = if service.is_empty() {
+                    node["Node"]["Address"].as_str().unwrap_or_default()
+                } else {
+                    service
+                };
+                address
+                    .parse()
+                    .unwrap_or_else(|e| panic!("{path}: address {address:?}: {e}"))
+            })
+            .collect();
+        Some((datacenter, addresses.into_iter().collect()))
+    }
+}
+
+/// A configuration with DNS and admin on `net` and Consul at dc1's
+/// simulator, local datacenter dc1, TTL 0, and nothing else: no
+/// `[[query]]`, no `[queries.defaults]`. `extra` is appended (e.g.
+/// `[queries]` with `implicit = false`).
+pub fn bare_server_config(net: Net, federation: &Federation, extra: &str) -> String {
+    format!(
+        r#"[dns]
+listen = ["{dns}"]
+ttl = "0s"
+
+[consul]
+address = "{consul}"
+datacenter = "dc1"
+wait = "5s"
+
+[admin]
+listen = "{admin}"
+
+{extra}"#,
+        dns = net.dns(),
+        admin = net.admin(),
+        consul = federation.url("dc1"),
+    )
+}
+
+impl Server {
+    /// The process ID.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The resident set size (`VmRSS` of `/proc/<pid>/status`), in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let path = format!("/proc/{}/status", self.pid());
+        let status = fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"));
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no VmRSS in {path}:\n{status}"))
+    }
+
+    /// The value of the unlabelled sample `metric` of `/metrics`, `None`
+    /// when the server does not export it.
+    pub fn gauge(&self, metric: &str) -> Option<f64> {
+        self.metrics()
+            .lines()
+            .filter_map(|line| line.strip_prefix(metric)?.strip_prefix(' '))
+            .find_map(|value| value.trim().parse().ok())
+    }
+}
+
+/// `method path` over HTTP/1.0 with an optional JSON `body`, 5 s
+/// timeouts: the status and body.
+pub fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
+    let body = body.unwrap_or_default();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| io::Error::other(format!("not an HTTP response: {response:?}")))?;
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+    Ok((status, body.to_owned()))
+}
+
+/// The SRV records of `records` as (target in lower case, port), sorted.
+pub fn srv_targets(records: &[Record]) -> Vec<(String, u16)> {
+    let mut out: Vec<(String, u16)> = records
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::SRV(srv) => Some((srv.target.to_ascii().to_lowercase(), srv.port)),
+            _ => None,
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// The datacenter an SRV target names: `dc2` of
+/// `<node>.node.dc2.consul.` or `<hex>.addr.dc2.consul.`; `None` for
+/// any other form.
+pub fn target_datacenter(target: &str) -> Option<String> {
+    let labels: Vec<&str> = target.trim_end_matches('.').split('.').collect();
+    match labels.as_slice() {
+        [.., kind, dc, domain]
+            if (kind.eq_ignore_ascii_case("node") || kind.eq_ignore_ascii_case("addr"))
+                && domain.eq_ignore_ascii_case("consul") =>
+        {
+            Some(dc.to_lowercase())
+        }
+        _ => None,
+    }
+}
+
+/// The SRV target Consul gives an instance with a service address:
+/// `<8 hex digits>.addr.<dc>.consul.`.
+pub fn addr_target(address: Ipv4Addr, dc: &str) -> String {
+    format!("{:08x}.addr.{dc}.consul.", u32::from(address))
+}
+
 //------------ Knot -----------------------------------------------------------
 
 /// `knotd` serving `zone` (the text of a `consul.` zone file) on
@@ -1182,6 +1368,107 @@ impl Drop for Knot {
         let _ = self.child.wait();
         if std::thread::panicking() {
             eprintln!("---- knotd log ----\n{}---- end of log ----", self.logs());
+        }
+    }
+}
+
+//------------ dnsmasq --------------------------------------------------------
+
+/// A foreground `dnsmasq` on [`Dnsmasq::addr_for`] playing the Consul
+/// agent's DNS (the server's `dns.upstream`): it answers from the records
+/// given (`--host-record=…`, `--txt-record=…`), NXDOMAIN for other names
+/// under `consul.` (`--local=/consul/`), and forwards nothing. It logs
+/// every query. Killed on drop; its log printed if the test fails.
+pub struct Dnsmasq {
+    /// The process.
+    child: Child,
+    /// Holds its pid file and log.
+    dir: TempDir,
+    /// Where it listens.
+    addr: SocketAddr,
+}
+
+impl Dnsmasq {
+    /// Where the dnsmasq of `net` listens (UDP and TCP): `127.0.n.9:8601`.
+    pub fn addr_for(net: Net) -> SocketAddr {
+        SocketAddr::from(([127, 0, net.n, 9], 8601))
+    }
+
+    /// Starts dnsmasq with `records` (dnsmasq options) and waits (at most
+    /// 15 s) until it answers.
+    pub fn start(net: Net, records: &[String]) -> Self {
+        let binary = program("dnsmasq");
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let addr = Self::addr_for(net);
+        let log = File::create(dir.path().join("dnsmasq.log")).expect("create log");
+        let mut command = Command::new(binary);
+        command
+            .args([
+                "--keep-in-foreground",
+                "--conf-file=/dev/null",
+                "--no-resolv",
+                "--no-hosts",
+                "--no-poll",
+                "--bind-interfaces",
+                "--local=/consul/",
+                "--log-queries",
+                "--log-facility=-",
+                // As root it would switch to `nobody`; stay who we are.
+                "--user=root",
+                "--group=root",
+            ])
+            .arg(format!("--listen-address={}", addr.ip()))
+            .arg(format!("--port={}", addr.port()))
+            .arg(format!(
+                "--pid-file={}",
+                dir.path().join("dnsmasq.pid").display()
+            ))
+            .args(records)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("file clones"))
+            .stderr(log);
+        let child = command.spawn().expect("dnsmasq starts");
+        let mut dnsmasq = Self { child, dir, addr };
+        let probe = query("consul.", RecordType::SOA);
+        let up = poll(Duration::from_secs(15), Duration::from_millis(50), || {
+            if let Some(status) = dnsmasq.child.try_wait().expect("child status") {
+                panic!("dnsmasq exited with {status} (its log follows)\n{command:?}");
+            }
+            try_udp(addr, &probe, Duration::from_millis(500))
+        });
+        if up.is_none() {
+            panic!("dnsmasq did not answer within 15 s (its log follows)");
+        }
+        dnsmasq
+    }
+
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// What it logged so far.
+    pub fn logs(&self) -> String {
+        fs::read_to_string(self.dir.path().join("dnsmasq.log")).unwrap_or_default()
+    }
+
+    /// How many queries for `name` (any case, no final dot) of type
+    /// `rtype` it logged so far (`query[A] name from …`).
+    pub fn queries_for(&self, rtype: &str, name: &str) -> usize {
+        let wanted = format!("query[{rtype}] {name} ").to_ascii_lowercase();
+        self.logs()
+            .lines()
+            .filter(|line| line.to_ascii_lowercase().contains(&wanted))
+            .count()
+    }
+}
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("---- dnsmasq log ----\n{}---- end of log ----", self.logs());
         }
     }
 }
