@@ -1148,4 +1148,68 @@ mod tests {
         );
         assert_eq!(watcher.watch_count(), 3);
     }
+
+    /// A server that answers every request at once with index 5 and an
+    /// empty list, blocking or not; returns its URL and a request counter.
+    async fn non_blocking_server() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let count = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::clone(&count);
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let seen = Arc::clone(&seen);
+                tokio::spawn(async move {
+                    let mut buffer = vec![0; 4096];
+                    let mut request = Vec::new();
+                    while let Ok(n) = stream.read(&mut buffer).await {
+                        if n == 0 {
+                            return;
+                        }
+                        request.extend_from_slice(&buffer[..n]);
+                        if !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                            continue;
+                        }
+                        request.clear();
+                        seen.fetch_add(1, Ordering::SeqCst);
+                        let reply = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
+                                     X-Consul-Index: 5\r\nContent-Length: 2\r\n\r\n[]";
+                        if stream.write_all(reply.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (url, count)
+    }
+
+    #[tokio::test]
+    async fn a_server_that_does_not_block_is_polled() {
+        let (url, requests) = non_blocking_server().await;
+        let config = ConsulConfig {
+            address: url,
+            wait: Duration::from_secs(2),
+            timeout: Duration::from_secs(2),
+            ..ConsulConfig::default()
+        };
+        let client = Arc::new(ConsulClient::with_env(&config, |_| None).unwrap());
+        let shutdown = CancellationToken::new();
+        let _stop = shutdown.clone().drop_guard();
+        let view = Arc::new(HealthView::new("dc1"));
+        let watcher = Watcher::new(client, view, Metrics::new(), shutdown);
+        let mut listing = watcher.watch_prepared("dc1");
+        within(listing.wait_for(Option::is_some)).await.unwrap();
+        let window = Duration::from_millis(2500);
+        tokio::time::sleep(window).await;
+        let count = requests.load(std::sync::atomic::Ordering::SeqCst);
+        // The first read, three answered at once, then one a second;
+        // without the fallback the rate limit alone allows about 25.
+        assert!(
+            (4..=8).contains(&count),
+            "{count} requests in {window:?} to a server that does not block"
+        );
+    }
 }
