@@ -101,6 +101,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         config.consul.datacenter.clone()
     };
     let view = Arc::new(HealthView::new(&datacenter));
+    view.set_max_stale(config.consul.max_stale);
     let mut datacenters = retry("the datacenter list", &shutdown, || client.datacenters()).await?;
     if !datacenters.contains(&datacenter) {
         datacenters.insert(0, datacenter.clone());
@@ -118,6 +119,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     );
     watcher.spawn_datacenter_refresh(DATACENTER_REFRESH);
     watcher.spawn_idle_reaper(config.consul.watch_idle);
+    watcher.spawn_reachability_probe(config.consul.probe_interval);
     for dc in &datacenters {
         metrics.add_datacenter(dc);
         watcher.ensure_catalog(dc);

@@ -158,6 +158,11 @@ pub struct ConsulConfig {
     /// HTTP timeout of non-blocking requests (blocking ones add `wait`).
     #[serde(with = "duration")]
     pub timeout: Duration,
+    /// How often each datacenter's Consul is probed (`/v1/status/leader`)
+    /// so an unreachable one is noticed, and its data flagged stale, at
+    /// once. A probe may take twice this long.
+    #[serde(with = "duration")]
+    pub probe_interval: Duration,
     /// Stop an on-demand watch unused this long.
     #[serde(with = "duration")]
     pub watch_idle: Duration,
@@ -180,6 +185,7 @@ impl Default for ConsulConfig {
             stale: true,
             max_stale: Duration::from_secs(72 * 3600),
             timeout: Duration::from_secs(5),
+            probe_interval: Duration::from_millis(250),
             watch_idle: Duration::from_secs(3600),
             max_watches: 10_000,
             translate_wan_addrs: false,
@@ -496,6 +502,12 @@ impl Config {
             return Err(invalid(
                 "consul.timeout",
                 "must be above 0s, e.g. \"5s\"".into(),
+            ));
+        }
+        if self.consul.probe_interval < Duration::from_millis(10) {
+            return Err(invalid(
+                "consul.probe_interval",
+                "must be at least 10ms, e.g. \"250ms\"".into(),
             ));
         }
         if self.consul.max_watches == 0 {

@@ -23,7 +23,9 @@ use tokio::net::{TcpListener, UdpSocket};
 
 use crate::health::{HealthView, ServiceKey};
 use crate::metrics::Metrics;
-use crate::resolve::{Answer, Context, EDE_OTHER, Kind, Outcome, Question, Resolver};
+use crate::resolve::{
+    Answer, Context, EDE_OTHER, EDE_STALE_ANSWER, Kind, Outcome, Question, Resolver,
+};
 use crate::upstream::{EDE_NO_REACHABLE_AUTHORITY, Upstream};
 
 /// The EDNS option code of Extended DNS Errors (RFC 8914).
@@ -121,6 +123,7 @@ impl DnsHandler {
                 &mut Context {
                     serial,
                     rng: &mut rng,
+                    now: monotonic(),
                 },
             ) {
                 Outcome::Answer(answer) => {
@@ -222,6 +225,12 @@ impl DnsHandler {
             upstream_authoritative: Some(reply.metadata.authoritative),
         }
     }
+}
+
+/// Time since the first call, from a monotonic clock.
+fn monotonic() -> Duration {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    EPOCH.get_or_init(std::time::Instant::now).elapsed()
 }
 
 fn unix_seconds() -> u32 {
@@ -368,6 +377,18 @@ impl RequestHandler for DnsHandler {
                 metadata.authoritative =
                     upstream_authoritative.unwrap_or(answer.kind != Kind::OutOfZone);
                 metadata.recursion_available = false;
+                if answer.stale {
+                    self.metrics.stale_answer();
+                    if answer.extended_error.is_none() {
+                        answer.extended_error = Some((
+                            EDE_STALE_ANSWER,
+                            format!(
+                                "Consul of {} does not answer; these are its last known instances",
+                                answer.datacenter.as_deref().unwrap_or("the datacenter")
+                            ),
+                        ));
+                    }
+                }
                 if let (Some(e), Some((code, text))) = (edns.as_mut(), &answer.extended_error) {
                     let mut data = code.to_be_bytes().to_vec();
                     data.extend_from_slice(text.as_bytes());

@@ -214,6 +214,18 @@ impl NodeInfo {
     }
 }
 
+/// How far the view vouches for a pair's data (DESIGN §3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Freshness {
+    /// Its Consul answers and its watch is current.
+    Fresh,
+    /// Its Consul stopped answering (or its watch fails) and the data is
+    /// younger than `consul.max_stale`: still used, answers flagged.
+    Stale,
+    /// Older than that: treated as having no usable instance.
+    Unknown,
+}
+
 /// What resolution reads: the view, or a fixed map in tests.
 pub trait HealthLookup {
     /// The datacenter the resolver treats as local.
@@ -228,6 +240,10 @@ pub trait HealthLookup {
     /// A node of a watched service in `datacenter`, by case-insensitive
     /// name.
     fn node(&self, datacenter: &str, node: &str) -> Option<Arc<NodeInfo>>;
+    /// How current the data of `service` in `datacenter` is.
+    fn freshness(&self, datacenter: &str, service: &str) -> Freshness;
+    /// Whether `datacenter`'s Consul answered its last probe.
+    fn reachable(&self, datacenter: &str) -> bool;
 }
 
 /// A (datacenter, service) pair.
@@ -258,6 +274,9 @@ struct ServiceSlot {
     data: ArcSwapOption<ServiceHealth>,
     /// Milliseconds since the view's epoch.
     last_used: AtomicU64,
+    /// Since when (ms since the epoch, at least 1) its watch fails; 0
+    /// while it works.
+    failing_since: AtomicU64,
 }
 
 /// The nodes index entry of one node.
@@ -276,6 +295,11 @@ pub struct HealthView {
     catalogs: ArcSwap<HashMap<String, Slot<Catalog>>>,
     /// (datacenter, lower-cased node name) → the node.
     nodes: DashMap<(String, String), NodeEntry>,
+    /// Datacenters whose Consul does not answer, and since when (ms since
+    /// the epoch).
+    unreachable: DashMap<String, u64>,
+    /// `consul.max_stale` in milliseconds.
+    max_stale_ms: AtomicU64,
     /// Serialises the rare rebuilds of the slot maps.
     grow: Mutex<()>,
     changed: Notify,
@@ -300,6 +324,8 @@ impl HealthView {
             services: ArcSwap::default(),
             catalogs: ArcSwap::default(),
             nodes: DashMap::new(),
+            unreachable: DashMap::new(),
+            max_stale_ms: AtomicU64::new(72 * 3600 * 1000),
             grow: Mutex::new(()),
             changed: Notify::new(),
             epoch: Instant::now(),
@@ -358,6 +384,7 @@ impl HealthView {
                 Arc::new(ServiceSlot {
                     data: ArcSwapOption::empty(),
                     last_used: AtomicU64::new(self.now_ms()),
+                    failing_since: AtomicU64::new(0),
                 }),
             );
             true
@@ -424,6 +451,45 @@ impl HealthView {
             }
             self.nodes
                 .remove_if(&node_key, |_, entry| entry.services.is_empty());
+        }
+    }
+
+    /// Sets `consul.max_stale`: how long data stays usable once its
+    /// Consul stopped answering.
+    pub fn set_max_stale(&self, max_stale: Duration) {
+        self.max_stale_ms.store(
+            u64::try_from(max_stale.as_millis()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Records a probe of `datacenter`'s Consul; returns whether its
+    /// reachability changed.
+    pub fn set_reachable(&self, datacenter: &str, reachable: bool) -> bool {
+        let changed = if reachable {
+            self.unreachable.remove(datacenter).is_some()
+        } else if self.unreachable.contains_key(datacenter) {
+            false
+        } else {
+            self.unreachable
+                .insert(datacenter.to_owned(), self.now_ms().max(1));
+            true
+        };
+        if changed {
+            self.changed.notify_waiters();
+        }
+        changed
+    }
+
+    /// Records whether the watch of a pair fails (its data then ages).
+    pub fn set_failing(&self, key: &ServiceKey, failing: bool) {
+        if let Some(slot) = self.services.load().get(key) {
+            if !failing {
+                slot.failing_since.store(0, Ordering::Relaxed);
+            } else if slot.failing_since.load(Ordering::Relaxed) == 0 {
+                slot.failing_since
+                    .store(self.now_ms().max(1), Ordering::Relaxed);
+            }
         }
     }
 
@@ -498,6 +564,30 @@ impl HealthLookup for HealthView {
     fn node(&self, datacenter: &str, node: &str) -> Option<Arc<NodeInfo>> {
         let key = (datacenter.to_owned(), node.to_ascii_lowercase());
         self.nodes.get(&key).map(|entry| Arc::clone(&entry.info))
+    }
+
+    fn freshness(&self, datacenter: &str, service: &str) -> Freshness {
+        let unreachable = self.unreachable.get(datacenter).map_or(0, |since| *since);
+        let failing = self
+            .services
+            .load()
+            .get(&ServiceKey::new(datacenter, service))
+            .map_or(0, |slot| slot.failing_since.load(Ordering::Relaxed));
+        // The data was last confirmed when the first of the two began.
+        let since = match (unreachable, failing) {
+            (0, 0) => return Freshness::Fresh,
+            (0, t) | (t, 0) => t,
+            (a, b) => a.min(b),
+        };
+        if self.now_ms().saturating_sub(since) >= self.max_stale_ms.load(Ordering::Relaxed) {
+            Freshness::Unknown
+        } else {
+            Freshness::Stale
+        }
+    }
+
+    fn reachable(&self, datacenter: &str) -> bool {
+        !self.unreachable.contains_key(datacenter)
     }
 
     fn catalog(&self, datacenter: &str) -> Data<Arc<Catalog>> {
@@ -639,5 +729,33 @@ mod tests {
         assert!(view.idle_for(&key).unwrap() >= Duration::from_millis(30));
         let _ = view.service("dc1", "web");
         assert!(view.idle_for(&key).unwrap() < Duration::from_millis(30));
+    }
+
+    #[test]
+    fn data_goes_stale_then_unknown() {
+        let view = HealthView::new("dc1");
+        view.set_max_stale(Duration::from_millis(40));
+        let key = ServiceKey::new("dc1", "web");
+        view.apply_service(&key, ServiceHealth::default());
+        assert_eq!(view.freshness("dc1", "web"), Freshness::Fresh);
+        assert!(view.set_reachable("dc1", false));
+        assert!(
+            !view.set_reachable("dc1", false),
+            "no change the second time"
+        );
+        assert!(!view.reachable("dc1"));
+        assert_eq!(view.freshness("dc1", "web"), Freshness::Stale);
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(view.freshness("dc1", "web"), Freshness::Unknown);
+        assert!(view.set_reachable("dc1", true));
+        assert_eq!(view.freshness("dc1", "web"), Freshness::Fresh);
+        // A failing watch alone ages its own pair only.
+        let other = ServiceKey::new("dc1", "api");
+        view.apply_service(&other, ServiceHealth::default());
+        view.set_failing(&key, true);
+        assert_eq!(view.freshness("dc1", "web"), Freshness::Stale);
+        assert_eq!(view.freshness("dc1", "api"), Freshness::Fresh);
+        view.set_failing(&key, false);
+        assert_eq!(view.freshness("dc1", "web"), Freshness::Fresh);
     }
 }

@@ -12,6 +12,7 @@ pub struct Metrics {
     watch_errors: IntCounterVec,
     watches: IntGauge,
     prepared_queries: IntGauge,
+    stale_answers: prometheus::IntCounter,
 }
 
 impl Default for Metrics {
@@ -55,12 +56,18 @@ impl Metrics {
             "Prepared queries (templates included) loaded from Consul.",
         )
         .expect("valid metric");
+        let stale_answers = prometheus::IntCounter::new(
+            "consul_dns_stale_answers_total",
+            "Answers served from stale data (their datacenter's Consul stopped answering).",
+        )
+        .expect("valid metric");
         for metric in [
             Box::new(queries.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(remote_answers.clone()),
             Box::new(watch_errors.clone()),
             Box::new(watches.clone()),
             Box::new(prepared_queries.clone()),
+            Box::new(stale_answers.clone()),
         ] {
             registry.register(metric).expect("names are unique");
         }
@@ -71,7 +78,13 @@ impl Metrics {
             watch_errors,
             watches,
             prepared_queries,
+            stale_answers,
         }
+    }
+
+    /// Counts one answer served from stale data.
+    pub fn stale_answer(&self) {
+        self.stale_answers.inc();
     }
 
     /// Sets the number of prepared queries loaded.

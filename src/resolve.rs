@@ -22,7 +22,7 @@ use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 
 use crate::config::{Config, OnAllUnhealthy, Policy, QueryDef};
 use crate::health::{
-    Addresses, CheckStatus, Data, HealthLookup, Instance, ServiceHealth, ServiceKey,
+    Addresses, CheckStatus, Data, Freshness, HealthLookup, Instance, ServiceHealth, ServiceKey,
 };
 use crate::prepared::{PreparedQueries, Settings};
 
@@ -94,6 +94,9 @@ pub struct Answer {
     /// datacenter that answered: start their watches (without waiting),
     /// so a later failover is a memory read.
     pub warm: Vec<ServiceKey>,
+    /// Whether the data answered from is stale (its Consul stopped
+    /// answering): flagged with Extended DNS Error 3.
+    pub stale: bool,
 }
 
 impl Answer {
@@ -129,6 +132,7 @@ impl Answer {
             remote: false,
             extended_error: None,
             warm: Vec::new(),
+            stale: false,
         }
     }
 
@@ -171,12 +175,50 @@ pub struct Context<'a> {
     pub serial: u32,
     /// Shuffles answers.
     pub rng: &'a mut fastrand::Rng,
+    /// A monotonic clock reading, for `failback_after`.
+    pub now: Duration,
 }
 
 /// EDE info code 14, "Not Ready" (RFC 8914 §4.15).
 pub const EDE_NOT_READY: u16 = 14;
 /// EDE info code 0, "Other Error" (RFC 8914 §4.1).
 pub const EDE_OTHER: u16 = 0;
+/// EDE info code 3, "Stale Answer" (RFC 8914 §4.4).
+pub const EDE_STALE_ANSWER: u16 = 3;
+/// EDE info code 22, "No Reachable Authority" (RFC 8914 §4.23).
+pub const EDE_NO_REACHABLE_AUTHORITY: u16 = 22;
+
+/// One datacenter of a chain with data for the query.
+struct Candidate {
+    position: usize,
+    health: Arc<ServiceHealth>,
+    usable: usize,
+    stale: bool,
+}
+
+/// What one datacenter of a chain offers.
+enum Step {
+    /// Its catalog does not list the service.
+    Skip,
+    /// Never synced, and its Consul does not answer.
+    NotReady,
+    /// Stale for longer than `consul.max_stale`.
+    Unknown,
+    /// Data is on its way: wait for it.
+    Wait(Needs),
+    /// Data to answer from.
+    Use(Candidate),
+}
+
+/// The `failback_after` memory of one query seen from one datacenter.
+#[derive(Debug)]
+struct Failback {
+    /// The datacenter answers come from.
+    current: String,
+    /// An earlier datacenter of the chain that is good again, and since
+    /// when.
+    better_since: Option<(String, Duration)>,
+}
 
 /// The settled configuration resolution needs.
 #[derive(Clone, Debug)]
@@ -190,6 +232,9 @@ pub struct Resolver {
     negative_ttl: u32,
     translate_wan_addrs: bool,
     forward: bool,
+    /// `failback_after` state per (query, local datacenter); shared by
+    /// the copies a reload or a prepared-query change makes.
+    failback: Arc<std::sync::Mutex<HashMap<String, Failback>>>,
 }
 
 fn seconds(d: Duration) -> u32 {
@@ -230,6 +275,7 @@ impl Resolver {
             negative_ttl: seconds(config.dns.negative_ttl),
             translate_wan_addrs: config.consul.translate_wan_addrs,
             forward: !config.dns.upstream.is_empty(),
+            failback: Arc::default(),
         }
     }
 
@@ -482,22 +528,35 @@ impl Resolver {
         // An implicit query names a service: without one in any catalog of
         // the chain it is NXDOMAIN, and no watch is started for it.
         let mut pending = Vec::new();
+        let mut unreachable = Vec::new();
         let mut known = false;
         for dc in &chain {
             match view.catalog(dc) {
                 Data::Ready(catalog) => known |= catalog.contains(name),
-                Data::Pending => pending.push(dc.clone()),
+                Data::Pending if view.reachable(dc) => pending.push(dc.clone()),
+                Data::Pending => unreachable.push(dc.as_str()),
             }
         }
         if !known {
-            if pending.is_empty() {
-                return Outcome::Answer(zone.nxdomain(Kind::Query));
+            if !pending.is_empty() {
+                return Outcome::Pending(Needs {
+                    kind: Kind::Query,
+                    services: Vec::new(),
+                    catalogs: pending,
+                });
             }
-            return Outcome::Pending(Needs {
-                kind: Kind::Query,
-                services: Vec::new(),
-                catalogs: pending,
-            });
+            if !unreachable.is_empty() {
+                // Unreachable is not absent: no NXDOMAIN on a guess.
+                return Outcome::Answer(Answer::servfail(
+                    Kind::Query,
+                    EDE_NOT_READY,
+                    format!(
+                        "the catalog of {} is not synced and its Consul does not answer",
+                        unreachable.join(", ")
+                    ),
+                ));
+            }
+            return Outcome::Answer(zone.nxdomain(Kind::Query));
         }
         self.lookup(question, zone, view, ctx, &def, &chain, Kind::Query)
     }
@@ -518,61 +577,83 @@ impl Resolver {
         // Remote means "not this resolver's datacenter", whatever `.query.<dc>`
         // made local for the chain: it picks WAN addresses and is counted.
         let real_local = view.local_datacenter();
-        let answer_from = |position: usize, instances: &[&Instance], ctx: &mut Context<'_>| {
-            let remote = chain[position] != *real_local;
-            let mut answer = self.render(
-                question,
-                zone,
-                ctx,
-                def,
-                &chain[position],
-                remote,
-                instances,
-                kind,
-            );
-            answer.warm = Self::warm(view, def, &chain[position + 1..]);
-            Outcome::Answer(answer)
-        };
+        let answer_from =
+            |position: usize, stale: bool, instances: &[&Instance], ctx: &mut Context<'_>| {
+                let remote = chain[position] != *real_local;
+                let mut answer = self.render(
+                    question,
+                    zone,
+                    ctx,
+                    def,
+                    &chain[position],
+                    remote,
+                    instances,
+                    kind,
+                );
+                answer.warm = Self::warm(view, def, &chain[position + 1..]);
+                answer.stale = stale;
+                Outcome::Answer(answer)
+            };
         if def.service.is_empty() {
             // A template rendered for a name its regexp does not match.
             return Outcome::Answer(zone.nxdomain(kind));
         }
-        let mut seen: Vec<(usize, Arc<ServiceHealth>, usize)> = Vec::with_capacity(chain.len());
+        let mut seen: Vec<Candidate> = Vec::with_capacity(chain.len());
+        let mut not_ready: Vec<&str> = Vec::new();
+        let mut unknown: Vec<&str> = Vec::new();
+        let mut chosen = None;
         for (position, dc) in chain.iter().enumerate() {
-            let catalog = view.catalog(dc);
-            if matches!(&catalog, Data::Ready(c) if !c.contains(&def.service)) {
-                continue;
-            }
-            let health = match (view.service(dc, &def.service), catalog) {
-                (Data::Ready(health), _) => health,
-                // Whether the service exists comes first: a name no catalog
-                // lists must never start a watch.
-                (Data::Pending, Data::Pending) => {
-                    return Outcome::Pending(Needs {
-                        kind,
-                        services: Vec::new(),
-                        catalogs: vec![dc.clone()],
-                    });
+            match Self::candidate(view, def, position, dc) {
+                Step::Skip => {}
+                Step::NotReady => not_ready.push(dc),
+                Step::Unknown => unknown.push(dc),
+                Step::Wait(needs) => {
+                    return Outcome::Pending(Needs { kind, ..needs });
                 }
-                (Data::Pending, Data::Ready(_)) => {
-                    return Outcome::Pending(Needs {
-                        kind,
-                        services: vec![ServiceKey::new(dc, &def.service)],
-                        catalogs: Vec::new(),
-                    });
+                Step::Use(candidate) => {
+                    let enough = candidate.usable >= def.policy.min_healthy;
+                    seen.push(candidate);
+                    if enough {
+                        chosen = Some(seen.len() - 1);
+                        break;
+                    }
                 }
-            };
-            let usable = usable_instances(&health.instances, def);
-            if usable.len() >= def.policy.min_healthy {
-                return answer_from(position, &usable, ctx);
             }
-            let count = usable.len();
-            seen.push((position, health, count));
+        }
+        if let Some(at) = chosen {
+            let held = self.hold_back(view, def, chain, &seen[at], ctx.now);
+            let candidate = held.as_ref().unwrap_or(&seen[at]);
+            let usable = usable_instances(&candidate.health.instances, def);
+            return answer_from(candidate.position, candidate.stale, &usable, ctx);
         }
         // Below min_healthy everywhere: the first datacenter with anything
         // usable beats no answer.
-        if let Some((position, health, _)) = seen.iter().find(|(_, _, usable)| *usable > 0) {
-            return answer_from(*position, &usable_instances(&health.instances, def), ctx);
+        if let Some(candidate) = seen.iter().find(|c| c.usable > 0) {
+            let usable = usable_instances(&candidate.health.instances, def);
+            return answer_from(candidate.position, candidate.stale, &usable, ctx);
+        }
+        // A datacenter we cannot see is not an unhealthy one.
+        if !not_ready.is_empty() {
+            return Outcome::Answer(Answer::servfail(
+                kind,
+                EDE_NOT_READY,
+                format!(
+                    "no data from Consul yet for {} in {}, and its Consul does not answer",
+                    def.service,
+                    not_ready.join(", ")
+                ),
+            ));
+        }
+        if !unknown.is_empty() {
+            return Outcome::Answer(Answer::servfail(
+                kind,
+                EDE_NO_REACHABLE_AUTHORITY,
+                format!(
+                    "Consul of {} has not answered for longer than consul.max_stale; nothing usable is known for {}",
+                    unknown.join(", "),
+                    def.service
+                ),
+            ));
         }
         match def.policy.on_all_unhealthy {
             OnAllUnhealthy::Nxdomain => Outcome::Answer(zone.nxdomain(kind)),
@@ -580,12 +661,108 @@ impl Resolver {
                 Outcome::Answer(Answer::empty(kind, ResponseCode::ServFail))
             }
             OnAllUnhealthy::FailOpen => match seen.first() {
-                Some((0, health, _)) if !health.instances.is_empty() => {
-                    let all: Vec<&Instance> = health.instances.iter().collect();
-                    answer_from(0, &all, ctx)
+                Some(first) if first.position == 0 && !first.health.instances.is_empty() => {
+                    let all: Vec<&Instance> = first.health.instances.iter().collect();
+                    answer_from(0, first.stale, &all, ctx)
                 }
                 _ => Outcome::Answer(zone.nxdomain(kind)),
             },
+        }
+    }
+
+    /// What one datacenter of a chain offers a query.
+    fn candidate(view: &impl HealthLookup, def: &QueryDef, position: usize, dc: &str) -> Step {
+        let catalog = view.catalog(dc);
+        if matches!(&catalog, Data::Ready(c) if !c.contains(&def.service)) {
+            return Step::Skip;
+        }
+        let health = match (view.service(dc, &def.service), catalog) {
+            (Data::Ready(health), _) => health,
+            // Waiting for a Consul that does not answer is pointless.
+            (Data::Pending, _) if !view.reachable(dc) => return Step::NotReady,
+            // Whether the service exists comes first: a name no catalog
+            // lists must never start a watch.
+            (Data::Pending, Data::Pending) => {
+                return Step::Wait(Needs {
+                    kind: Kind::Other,
+                    services: Vec::new(),
+                    catalogs: vec![dc.to_owned()],
+                });
+            }
+            (Data::Pending, Data::Ready(_)) => {
+                return Step::Wait(Needs {
+                    kind: Kind::Other,
+                    services: vec![ServiceKey::new(dc, &def.service)],
+                    catalogs: Vec::new(),
+                });
+            }
+        };
+        let stale = match view.freshness(dc, &def.service) {
+            Freshness::Fresh => false,
+            Freshness::Stale => true,
+            Freshness::Unknown => return Step::Unknown,
+        };
+        let usable = usable_instances(&health.instances, def).len();
+        Step::Use(Candidate {
+            position,
+            health,
+            usable,
+            stale,
+        })
+    }
+
+    /// `failback_after`: when the chosen datacenter comes before the one
+    /// answers came from so far, keep answering from that one (if it is
+    /// still good) until the chosen one has been good for the whole hold.
+    /// Returns the datacenter to answer from instead of `chosen`, if any.
+    fn hold_back(
+        &self,
+        view: &impl HealthLookup,
+        def: &QueryDef,
+        chain: &[String],
+        chosen: &Candidate,
+        now: Duration,
+    ) -> Option<Candidate> {
+        let hold = def.policy.failback_after;
+        if hold.is_zero() {
+            return None;
+        }
+        let key = format!("{}\0{}", def.name, chain[0]);
+        let mut memory = self
+            .failback
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let chosen_dc = &chain[chosen.position];
+        let state = memory.entry(key).or_insert_with(|| Failback {
+            current: chosen_dc.clone(),
+            better_since: None,
+        });
+        let current_at = chain.iter().position(|dc| *dc == state.current);
+        let Some(current_at) = current_at.filter(|at| *at > chosen.position) else {
+            // Same datacenter, or a later one than before (failover is
+            // never held back).
+            state.current = chosen_dc.clone();
+            state.better_since = None;
+            return None;
+        };
+        let since = match &state.better_since {
+            Some((dc, since)) if dc == chosen_dc => *since,
+            _ => {
+                state.better_since = Some((chosen_dc.clone(), now));
+                now
+            }
+        };
+        let still_good = match Self::candidate(view, def, current_at, &chain[current_at]) {
+            Step::Use(c) if c.usable >= def.policy.min_healthy => Some(c),
+            _ => None,
+        };
+        match still_good {
+            Some(current) if now.saturating_sub(since) < hold => Some(current),
+            _ => {
+                state.current = chosen_dc.clone();
+                state.better_since = None;
+                None
+            }
         }
     }
 

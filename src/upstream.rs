@@ -21,8 +21,7 @@ use tokio::time::Instant;
 
 use crate::resolve::Question;
 
-/// EDE info code 22, "No Reachable Authority" (RFC 8914 §4.23).
-pub const EDE_NO_REACHABLE_AUTHORITY: u16 = 22;
+pub use crate::resolve::EDE_NO_REACHABLE_AUTHORITY;
 /// EDE info code 23, "Network Error" (RFC 8914 §4.24).
 pub const EDE_NETWORK_ERROR: u16 = 23;
 

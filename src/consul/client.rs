@@ -80,6 +80,9 @@ pub struct ConsulClient {
     /// Direct addresses that failed at the network level, until when they
     /// go after the others.
     avoid: Mutex<HashMap<Url, Instant>>,
+    /// Per datacenter, the direct address that answered last: tried first
+    /// next time.
+    last_good: Mutex<HashMap<String, Url>>,
 }
 
 impl fmt::Debug for ConsulClient {
@@ -184,6 +187,7 @@ impl ConsulClient {
             stale: config.stale,
             timeout: config.timeout,
             avoid: Mutex::new(HashMap::new()),
+            last_good: Mutex::new(HashMap::new()),
         })
     }
 
@@ -289,6 +293,15 @@ impl ConsulClient {
         Ok((reply.index, list))
     }
 
+    /// Whether `dc`'s Consul answers within `timeout`: a non-blocking
+    /// `GET /v1/status/leader?dc=<dc>` along the route its watches take.
+    /// Any answer counts, a leaderless one too (stale reads still work).
+    pub async fn probe(&self, dc: &str, timeout: Duration) -> Result<(), ConsulError> {
+        self.read_along_route(dc, &["v1", "status", "leader"], 0, Some(timeout))
+            .await
+            .map(|_| ())
+    }
+
     /// A blocking read in `dc` along [`route`](Self::route); the first
     /// answer wins. If none answers, the agent's error is returned.
     async fn blocking_read(
@@ -296,6 +309,18 @@ impl ConsulClient {
         dc: &str,
         path: &[&str],
         index: u64,
+    ) -> Result<Reply, ConsulError> {
+        self.read_along_route(dc, path, index, None).await
+    }
+
+    /// [`blocking_read`](Self::blocking_read), with the timeout of a
+    /// non-blocking read replaced by `timeout` if given.
+    async fn read_along_route(
+        &self,
+        dc: &str,
+        path: &[&str],
+        index: u64,
+        timeout: Option<Duration>,
     ) -> Result<Reply, ConsulError> {
         let index_text = index.to_string();
         let wait_text = format_wait(self.wait);
@@ -305,7 +330,7 @@ impl ConsulClient {
             query.push(("wait", Some(&wait_text)));
             self.blocking_timeout()
         } else {
-            self.timeout
+            timeout.unwrap_or(self.timeout)
         };
         if self.stale {
             query.push(("stale", None));
@@ -324,6 +349,10 @@ impl ConsulClient {
                 Ok(reply) => {
                     if !via_agent {
                         self.lock_avoid().remove(base);
+                        self.last_good
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .insert(dc.to_owned(), base.clone());
                     }
                     return Ok(reply);
                 }
@@ -355,8 +384,19 @@ impl ConsulClient {
         let now = Instant::now();
         let mut avoid = self.lock_avoid();
         avoid.retain(|_, until| *until > now);
-        let (avoided, fresh): (Vec<&Url>, Vec<&Url>) =
+        let (avoided, mut fresh): (Vec<&Url>, Vec<&Url>) =
             urls.iter().partition(|url| avoid.contains_key(*url));
+        // Stick to the address that answered last.
+        if let Some(last) = self
+            .last_good
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(dc)
+            && let Some(at) = fresh.iter().position(|url| *url == last)
+        {
+            let last = fresh.remove(at);
+            fresh.insert(0, last);
+        }
         fresh
             .into_iter()
             .cloned()

@@ -78,6 +78,9 @@ struct Shared {
     /// `consul.max_watches`: on-demand health watches stop being started
     /// once this many health watches run.
     max_watches: usize,
+    /// Wakes watches backing off after errors when a datacenter answers
+    /// again, so its data is fresh at once rather than after the backoff.
+    recovered: tokio::sync::Notify,
 }
 
 impl Shared {
@@ -112,6 +115,7 @@ impl Watcher {
                 shutdown,
                 running: Mutex::new(Running::default()),
                 max_watches: usize::MAX,
+                recovered: tokio::sync::Notify::new(),
             }),
         }
     }
@@ -219,6 +223,19 @@ impl Watcher {
             }
         }
         stopped
+    }
+
+    /// Spawns the reachability probe: every `period`, each known
+    /// datacenter's Consul is asked `GET /v1/status/leader` along its
+    /// watches' route, with `2 * period` to answer. A datacenter that does
+    /// not answer is marked unreachable in the view (its data is then
+    /// stale, later unknown); one that answers again wakes its watches.
+    pub fn spawn_reachability_probe(&self, period: Duration) {
+        if self.shared.shutdown.is_cancelled() {
+            return;
+        }
+        let handle = tokio::spawn(probe_loop(self.shared.clone(), period));
+        self.shared.running().background.push(handle);
     }
 
     /// Starts the blocking watch of the prepared queries defined in `dc`
@@ -374,6 +391,9 @@ trait Target: Send + Sync + 'static {
 
     /// Stores an answer read at `index` if it differs from the view's.
     fn store(&self, shared: &Shared, index: u64, value: Self::Value);
+
+    /// Records whether the last read worked.
+    fn outcome(&self, _shared: &Shared, _ok: bool) {}
 }
 
 /// The health of one service in one datacenter.
@@ -402,6 +422,10 @@ impl Target for ServiceTarget {
             .client
             .service_health(&self.key.datacenter, &self.key.service, index, &local)
             .await
+    }
+
+    fn outcome(&self, shared: &Shared, ok: bool) {
+        shared.view.set_failing(&self.key, !ok);
     }
 
     fn store(&self, shared: &Shared, index: u64, instances: Vec<Instance>) {
@@ -569,6 +593,7 @@ async fn watch_loop<T: Target>(shared: Arc<Shared>, target: T, stop: Cancellatio
                     unblocked = 0;
                 }
                 target.store(&shared, returned.max(1), value);
+                target.outcome(&shared, true);
             }
             Err(error) => {
                 shared.metrics.watch_error(&datacenter);
@@ -583,13 +608,64 @@ async fn watch_loop<T: Target>(shared: Arc<Shared>, target: T, stop: Cancellatio
                     tracing::debug!(datacenter, service, error = %error, errors, "Consul watch still failing");
                 }
                 errors += 1;
-                if !sleep_unless_stopped(&stop, backoff.next_delay()).await {
-                    break;
+                target.outcome(&shared, false);
+                let delay = backoff.next_delay();
+                tokio::select! {
+                    biased;
+                    () = stop.cancelled() => break,
+                    () = shared.recovered.notified() => backoff.reset(),
+                    () = tokio::time::sleep(delay) => {}
                 }
             }
         }
     }
     tracing::trace!(datacenter, service, "Consul watch ended");
+}
+
+/// Probes every known datacenter each `period` (see
+/// [`Watcher::spawn_reachability_probe`]) until shutdown.
+async fn probe_loop(shared: Arc<Shared>, period: Duration) {
+    let stop = shared.shutdown.clone();
+    let timeout = period * 2;
+    loop {
+        let tick = tokio::time::sleep(period);
+        let mut probes = tokio::task::JoinSet::new();
+        for dc in shared.view.datacenters().iter().cloned() {
+            let client = Arc::clone(&shared.client);
+            probes.spawn(async move {
+                let result = client.probe(&dc, timeout).await;
+                (dc, result)
+            });
+        }
+        let mut recovered = false;
+        loop {
+            let next = tokio::select! {
+                biased;
+                () = stop.cancelled() => return,
+                next = probes.join_next() => next,
+            };
+            let Some(joined) = next else { break };
+            let Ok((dc, result)) = joined else { continue };
+            let ok = result.is_ok();
+            if shared.view.set_reachable(&dc, ok) {
+                if ok {
+                    recovered = true;
+                    tracing::info!(datacenter = %dc, "Consul answers again; its data is fresh once its watches catch up");
+                } else if let Err(error) = result {
+                    shared.metrics.watch_error(&dc);
+                    tracing::warn!(datacenter = %dc, %error, "Consul does not answer; serving its last known data, flagged stale");
+                }
+            }
+        }
+        if recovered {
+            shared.recovered.notify_waiters();
+        }
+        tokio::select! {
+            biased;
+            () = stop.cancelled() => return,
+            () = tick => {}
+        }
+    }
 }
 
 /// Reads the datacenter list every `period` until shutdown.

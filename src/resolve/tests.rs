@@ -1,6 +1,6 @@
 //! Unit and property tests of the answer logic, against a fixed view.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use proptest::prelude::*;
 
@@ -15,6 +15,11 @@ struct FixedView {
     datacenters: Vec<String>,
     services: HashMap<(String, String), Arc<ServiceHealth>>,
     catalogs: HashMap<String, Arc<Catalog>>,
+    /// Datacenters whose data is stale, unknown, or whose Consul does
+    /// not answer.
+    stale: HashSet<String>,
+    unknown: HashSet<String>,
+    unreachable: HashSet<String>,
 }
 
 impl HealthLookup for FixedView {
@@ -35,6 +40,18 @@ impl HealthLookup for FixedView {
             .get(datacenter)
             .cloned()
             .map_or(Data::Pending, Data::Ready)
+    }
+    fn freshness(&self, datacenter: &str, _service: &str) -> Freshness {
+        if self.unknown.contains(datacenter) {
+            Freshness::Unknown
+        } else if self.stale.contains(datacenter) {
+            Freshness::Stale
+        } else {
+            Freshness::Fresh
+        }
+    }
+    fn reachable(&self, datacenter: &str) -> bool {
+        !self.unreachable.contains(datacenter)
     }
     fn node(&self, datacenter: &str, node: &str) -> Option<Arc<NodeInfo>> {
         self.services
@@ -99,6 +116,7 @@ fn ask(r: &Resolver, view: &FixedView, name: &str, qtype: RecordType) -> Outcome
         &mut Context {
             serial: 1234,
             rng: &mut rng,
+            now: Duration::ZERO,
         },
     )
 }
@@ -688,6 +706,7 @@ fn zone_structure_and_refusals() {
         &mut Context {
             serial: 1,
             rng: &mut rng,
+            now: Duration::ZERO,
         },
     ) {
         Outcome::Answer(a) => assert_eq!(a.rcode, ResponseCode::Refused),
@@ -767,6 +786,7 @@ fn answers_are_shuffled() {
             &mut Context {
                 serial: 1,
                 rng: &mut rng,
+                now: Duration::ZERO,
             },
         ) {
             assert_eq!(a.answers.len(), 20);
@@ -847,7 +867,7 @@ proptest! {
         prop_assume!(parsed.is_ok());
         let question = Question { name: parsed.unwrap(), qtype: RecordType::from(qtype), qclass: DNSClass::IN };
         let mut rng = fastrand::Rng::with_seed(3);
-        match r.resolve(&question, &view, &mut Context { serial: 1, rng: &mut rng }) {
+        match r.resolve(&question, &view, &mut Context { serial: 1, rng: &mut rng, now: Duration::ZERO }) {
             Outcome::Answer(a) => prop_assert_ne!(a.rcode, ResponseCode::Refused),
             Outcome::Pending(_) | Outcome::Forward(_) => {}
         }
@@ -1032,4 +1052,142 @@ fn chain_datacenters_behind_the_answer_are_warmed() {
     let a = answer(&r, &view, "loki.query.consul.", RecordType::A);
     // dc2 lists loki but has no data yet; dc3 does not list it.
     assert_eq!(a.warm, [ServiceKey::new("dc2", "loki")]);
+}
+
+fn ask_at(r: &Resolver, view: &FixedView, name: &str, now: Duration) -> Answer {
+    let question = Question {
+        name: Name::from_ascii(name).unwrap(),
+        qtype: RecordType::A,
+        qclass: DNSClass::IN,
+    };
+    let mut rng = fastrand::Rng::with_seed(7);
+    match r.resolve(
+        &question,
+        view,
+        &mut Context {
+            serial: 1,
+            rng: &mut rng,
+            now,
+        },
+    ) {
+        Outcome::Answer(a) => a,
+        other => panic!("{name}: not an answer: {other:?}"),
+    }
+}
+
+#[test]
+fn stale_data_is_used_and_flagged_unknown_data_is_not() {
+    let r = resolver(FAILOVER);
+    let mut view = two_dcs();
+    view.stale.insert("dc1".into());
+    let a = answer(&r, &view, "grafana.query.consul.", RecordType::A);
+    assert_eq!((a.datacenter.as_deref(), a.stale), (Some("dc1"), true));
+    // Unknown (stale too long): no usable instance there, so failover.
+    view.unknown.insert("dc1".into());
+    let a = answer(&r, &view, "grafana.query.consul.", RecordType::A);
+    assert_eq!((a.datacenter.as_deref(), a.stale), (Some("dc2"), false));
+    // Unknown everywhere: SERVFAIL with EDE 22, never NXDOMAIN.
+    view.unknown.insert("dc2".into());
+    let a = answer(&r, &view, "grafana.query.consul.", RecordType::A);
+    assert_eq!(a.rcode, ResponseCode::ServFail);
+    assert_eq!(
+        a.extended_error.as_ref().map(|e| e.0),
+        Some(EDE_NO_REACHABLE_AUTHORITY)
+    );
+    // Critical in dc2 (fresh) and unknown in dc1: still not "unhealthy".
+    view.unknown.remove("dc2");
+    view.set(
+        "dc2",
+        "grafana",
+        vec![instance("n", "10.2.0.1", CheckStatus::Critical)],
+    );
+    let a = answer(&r, &view, "grafana.query.consul.", RecordType::A);
+    assert_eq!(a.rcode, ResponseCode::ServFail);
+}
+
+#[test]
+fn never_synced_and_unreachable_answers_at_once() {
+    let r = resolver(FAILOVER);
+    let mut view = FixedView::new(&["dc1", "dc2"]);
+    view.unreachable.insert("dc1".into());
+    view.unreachable.insert("dc2".into());
+    // No waiting: SERVFAIL "Not Ready" for implicit and [[query]] names.
+    for name in [
+        "grafana.query.consul.",
+        "loki.query.consul.",
+        "grafana.service.consul.",
+    ] {
+        let a = answer(&r, &view, name, RecordType::A);
+        assert_eq!(a.rcode, ResponseCode::ServFail, "{name}");
+        assert_eq!(
+            a.extended_error.as_ref().map(|e| e.0),
+            Some(EDE_NOT_READY),
+            "{name}"
+        );
+    }
+    // dc2 answers: the failover goes on without dc1.
+    view.unreachable.remove("dc2");
+    view.set(
+        "dc2",
+        "grafana",
+        vec![instance("n", "10.2.0.1", CheckStatus::Passing)],
+    );
+    let a = answer(&r, &view, "grafana.query.consul.", RecordType::A);
+    assert_eq!(a.datacenter.as_deref(), Some("dc2"));
+}
+
+#[test]
+fn failback_waits_until_the_first_datacenter_stayed_good() {
+    let r = resolver(
+        "[[query]]\nname = \"grafana\"\nfailback_after = \"10s\"\nfailover = { nearest_n = 0, datacenters = [\"dc2\"] }\n",
+    );
+    let mut view = two_dcs();
+    let s = Duration::from_secs;
+    let dc = |a: &Answer| a.datacenter.clone().unwrap_or_default();
+    assert_eq!(dc(&ask_at(&r, &view, "grafana.query.consul.", s(0))), "dc1");
+    // dc1 fails: failover is at once.
+    let healthy = view.services[&("dc1".to_owned(), "grafana".to_owned())].clone();
+    view.set(
+        "dc1",
+        "grafana",
+        vec![instance("n", "10.1.0.1", CheckStatus::Critical)],
+    );
+    assert_eq!(dc(&ask_at(&r, &view, "grafana.query.consul.", s(1))), "dc2");
+    // dc1 recovers at 2 s: answers stay on dc2 until 12 s.
+    view.services
+        .insert(("dc1".into(), "grafana".into()), healthy.clone());
+    assert_eq!(dc(&ask_at(&r, &view, "grafana.query.consul.", s(2))), "dc2");
+    assert_eq!(
+        dc(&ask_at(&r, &view, "grafana.query.consul.", s(11))),
+        "dc2"
+    );
+    assert_eq!(
+        dc(&ask_at(&r, &view, "grafana.query.consul.", s(12))),
+        "dc1"
+    );
+    // A flap restarts the hold; dc2 failing ends it at once.
+    view.set(
+        "dc1",
+        "grafana",
+        vec![instance("n", "10.1.0.1", CheckStatus::Critical)],
+    );
+    assert_eq!(
+        dc(&ask_at(&r, &view, "grafana.query.consul.", s(13))),
+        "dc2"
+    );
+    view.services
+        .insert(("dc1".into(), "grafana".into()), healthy);
+    assert_eq!(
+        dc(&ask_at(&r, &view, "grafana.query.consul.", s(14))),
+        "dc2"
+    );
+    view.set(
+        "dc2",
+        "grafana",
+        vec![instance("n", "10.2.0.1", CheckStatus::Critical)],
+    );
+    assert_eq!(
+        dc(&ask_at(&r, &view, "grafana.query.consul.", s(15))),
+        "dc1"
+    );
 }
