@@ -39,6 +39,13 @@ impl BlockingIndex {
         self.current
     }
 
+    /// Makes the next read a non-blocking one (after an error: the data is
+    /// confirmed at once when Consul answers again, rather than after a
+    /// whole blocking wait).
+    pub fn restart(&mut self) {
+        self.current = 0;
+    }
+
     /// Takes the `X-Consul-Index` of the answer to a request sent with
     /// [`get`](Self::get) (0 when the header was missing). An index lower
     /// than the one sent resets the loop to 0; otherwise the index is kept,

@@ -609,6 +609,7 @@ async fn watch_loop<T: Target>(shared: Arc<Shared>, target: T, stop: Cancellatio
                 }
                 errors += 1;
                 target.outcome(&shared, false);
+                index.restart();
                 let delay = backoff.next_delay();
                 tokio::select! {
                     biased;

@@ -18,6 +18,9 @@
 //! | `flood` | 100,000 random names through `dnsperf` | 45 |
 //! | `forwarders` (SRV) | SRV targets through unbound | 46 |
 //! | `upstream` | `dns.upstream` relaying to dnsmasq, and a silent upstream | 60–61 |
+//! | `faults` | issue 5: Consul down, hung, slow, failing, leaderless, rewound, forbidden; stale and unknown data; `failback_after`, `on_all_unhealthy`; start-up with Consul down | 70–79 |
+//! | `chaos` | random Consul faults under a steady query stream (`CHAOS_SECS`, `CHAOS_SEED`) | 80 |
+//! | `reload` | SIGHUP reloads (good and bad files), SIGTERM | 81–84 |
 //!
 //! Run `cargo test --test resolver -- --nocapture` to see the failover
 //! latency figures.
@@ -25,11 +28,14 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod chaos;
 mod differential;
 mod failover;
+mod faults;
 mod flood;
 mod forwarders;
 mod harness;
 mod prepared;
+mod reload;
 mod upstream;
 mod wire;

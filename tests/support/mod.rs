@@ -1472,3 +1472,217 @@ impl Drop for Dnsmasq {
         }
     }
 }
+
+//------------ Faults, chaos and reloads (issue 5) ----------------------------
+//
+// Added for `faults`, `chaos` and `reload`: Extended DNS Errors read from
+// the OPT record, one timed question, a configuration for the fault tests
+// (direct datacenter addresses, `max_stale`, …), a server started without
+// waiting for `/ready`, its configuration file rewritten in place, signals
+// sent to it and its exit awaited, and the simulator's async faults from
+// a synchronous test.
+
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::rdata::opt::{EdnsCode, EdnsOption};
+use std::process::ExitStatus;
+
+/// The EDNS option code of Extended DNS Errors (RFC 8914).
+pub const EDNS_EXTENDED_ERROR: u16 = 15;
+/// EDE info code 3, "Stale Answer".
+pub const EDE_STALE_ANSWER: u16 = 3;
+/// EDE info code 14, "Not Ready".
+pub const EDE_NOT_READY: u16 = 14;
+/// EDE info code 22, "No Reachable Authority".
+pub const EDE_NO_REACHABLE_AUTHORITY: u16 = 22;
+
+/// The Extended DNS Errors (RFC 8914) of `message`'s OPT record, in
+/// order: each info code (the option's first two bytes, big-endian) and
+/// its extra text. Empty without OPT or without the option.
+pub fn extended_errors(message: &Message) -> Vec<(u16, String)> {
+    let Some(edns) = &message.edns else {
+        return Vec::new();
+    };
+    edns.options()
+        .get_all(EdnsCode::Unknown(EDNS_EXTENDED_ERROR))
+        .into_iter()
+        .filter_map(|option| match option {
+            EdnsOption::Unknown(_, data) if data.len() >= 2 => Some((
+                u16::from_be_bytes([data[0], data[1]]),
+                String::from_utf8_lossy(&data[2..]).into_owned(),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+/// What one A question over UDP saw.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Answered {
+    /// The response code.
+    pub rcode: ResponseCode,
+    /// The A records of the answer section, sorted.
+    pub addresses: Vec<Ipv4Addr>,
+    /// The Extended DNS Error info codes.
+    pub ede: Vec<u16>,
+    /// Whether the reply had an OPT record.
+    pub opt: bool,
+}
+
+impl Answered {
+    /// Whether the answer carries EDE 3 "Stale Answer".
+    pub fn stale(&self) -> bool {
+        self.ede.contains(&EDE_STALE_ANSWER)
+    }
+}
+
+/// Asks `name` A once over UDP, with EDNS (payload 1232) when `edns`:
+/// what came back and how long it took, or `None` after `timeout`.
+pub fn ask(
+    dns: SocketAddr,
+    name: &str,
+    edns: bool,
+    timeout: Duration,
+) -> Option<(Answered, Duration)> {
+    let mut message = query(name, RecordType::A);
+    if edns {
+        message = with_edns(message, 1232, 0);
+    }
+    let started = Instant::now();
+    let reply = try_udp(dns, &message, timeout)?;
+    let took = started.elapsed();
+    let answered = Answered {
+        rcode: reply.metadata.response_code,
+        addresses: ipv4s(&reply.answers),
+        ede: extended_errors(&reply)
+            .into_iter()
+            .map(|(code, _)| code)
+            .collect(),
+        opt: reply.edns.is_some(),
+    };
+    Some((answered, took))
+}
+
+/// A configuration for the fault tests: DNS and admin on `net`, Consul
+/// (the local agent) at `consul` (a URL), local datacenter dc1, TTL 0,
+/// `dns.first_answer_wait` 500 ms, blocking waits of 5 s, implicit
+/// queries off. `consul_extra` is added to `[consul]` (e.g. `max_stale`),
+/// `extra` appended (`[[query]]`, `[[consul.datacenters]]`, …).
+pub fn fault_server_config(net: Net, consul: &str, consul_extra: &str, extra: &str) -> String {
+    format!(
+        r#"[dns]
+listen = ["{dns}"]
+ttl = "0s"
+first_answer_wait = "500ms"
+
+[consul]
+address = "{consul}"
+datacenter = "dc1"
+wait = "5s"
+{consul_extra}
+
+[queries]
+implicit = false
+
+[admin]
+listen = "{admin}"
+
+{extra}"#,
+        dns = net.dns(),
+        admin = net.admin(),
+    )
+}
+
+/// `[[consul.datacenters]]` giving `dc` the direct address `url`.
+pub fn direct_datacenter(dc: &str, url: &str) -> String {
+    format!("\n[[consul.datacenters]]\nname = \"{dc}\"\naddresses = [\"{url}\"]\n")
+}
+
+impl Federation {
+    /// Stops `dc`'s listener (connections refused, open ones dropped).
+    pub fn stop_listener(&self, dc: &str) {
+        self.runtime.block_on(self.sim.stop_listener(dc));
+    }
+
+    /// Starts `dc`'s listener again on the same address.
+    pub fn start_listener(&self, dc: &str) {
+        self.runtime
+            .block_on(self.sim.start_listener(dc))
+            .unwrap_or_else(|e| panic!("start {dc}'s listener: {e}"));
+    }
+}
+
+impl Server {
+    /// Starts the server with configuration `config` without waiting for
+    /// `/ready` (its log is printed if the test fails).
+    pub fn spawn_with(net: Net, config: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let config_path = dir.path().join("consul-failover-dns.toml");
+        fs::write(&config_path, config).expect("write configuration");
+        let log = File::create(dir.path().join("server.log")).expect("create log");
+        let child = Command::new(env!("CARGO_BIN_EXE_consul-failover-dns"))
+            .arg("run")
+            .arg("-c")
+            .arg(&config_path)
+            .env("RUST_LOG", "warn,consul_failover_dns=info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("file clones"))
+            .stderr(log)
+            .spawn()
+            .expect("the server binary starts");
+        Self { child, dir, net }
+    }
+
+    /// The configuration file it was started with (`-c`).
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("consul-failover-dns.toml")
+    }
+
+    /// Replaces the configuration file with `config` atomically (written
+    /// beside it, then renamed), so a reload never reads half a file.
+    pub fn rewrite_config(&self, config: &str) {
+        let next = self.dir.path().join("next.toml");
+        fs::write(&next, config).expect("write the new configuration");
+        fs::rename(&next, self.config_path()).expect("replace the configuration");
+    }
+
+    /// Sends signal `name` (`HUP`, `TERM`…) with `kill -s`.
+    pub fn signal(&self, name: &str) {
+        let output = run_bounded(
+            Command::new("kill")
+                .arg("-s")
+                .arg(name)
+                .arg(self.pid().to_string()),
+            Duration::from_secs(5),
+        );
+        assert!(
+            output.status.success(),
+            "kill -s {name} {}: {}",
+            self.pid(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    /// Its exit status if it has exited.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("child status")
+    }
+
+    /// Waits at most `limit` for it to exit: its status, or `None`.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        poll(limit, Duration::from_millis(5), || self.exited())
+    }
+
+    /// The lines of its log containing every one of `needles` (case
+    /// insensitive).
+    pub fn log_lines(&self, needles: &[&str]) -> Vec<String> {
+        self.logs()
+            .lines()
+            .filter(|line| {
+                let line = line.to_lowercase();
+                needles.iter().all(|n| line.contains(&n.to_lowercase()))
+            })
+            .map(str::to_owned)
+            .collect()
+    }
+}
