@@ -27,34 +27,33 @@ pub struct AdminState {
     /// The prepared-query listing, when served: `/ready` waits for its
     /// first read.
     pub prepared: Option<PreparedListing>,
-    /// Datacenters whose catalogs must have synced before `/ready` says 200.
-    pub startup_catalogs: Vec<String>,
     /// The metrics.
     pub metrics: Metrics,
 }
 
-/// The prepared queries' channel, and the datacenter they are read from.
-pub type PreparedListing = (
-    String,
-    tokio::sync::watch::Receiver<Option<Arc<Vec<crate::prepared::Definition>>>>,
-);
+/// The prepared queries' channel.
+pub type PreparedListing =
+    tokio::sync::watch::Receiver<Option<Arc<Vec<crate::prepared::Definition>>>>;
 
 impl AdminState {
     /// What has not synced yet, as readable names.
     pub fn pending(&self) -> Vec<String> {
+        if self.view.local_datacenter().is_empty() {
+            return vec!["Consul (the local datacenter is not known yet)".to_owned()];
+        }
         let mut required = (self.required_watches)();
         required.sort();
         let prepared = self
             .prepared
             .iter()
-            .filter(|(_, listing)| listing.borrow().is_none())
-            .map(|(dc, _)| format!("prepared queries of {dc}"));
+            .filter(|listing| listing.borrow().is_none())
+            .map(|_| "the prepared queries".to_owned());
         let services = required
             .into_iter()
             .filter(|k| self.view.service(&k.datacenter, &k.service) == Data::Pending)
             .map(|k| format!("service {} in {}", k.service, k.datacenter));
-        let catalogs = self
-            .startup_catalogs
+        let datacenters = self.view.datacenters();
+        let catalogs = datacenters
             .iter()
             .filter(|dc| self.view.catalog(dc) == Data::Pending)
             .map(|dc| format!("catalog of {dc}"));

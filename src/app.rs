@@ -39,8 +39,6 @@ pub struct Running {
     pub dns: Vec<SocketAddr>,
     /// The admin address bound, if any.
     pub admin: Option<SocketAddr>,
-    /// The local datacenter.
-    pub datacenter: String,
     /// The health view (for the demo's narration and for tests).
     pub view: Arc<HealthView>,
     server: hickory_server::Server<DnsHandler>,
@@ -72,13 +70,22 @@ where
     Fut: Future<Output = Result<T, crate::consul::ConsulError>>,
 {
     let mut delay = Duration::from_millis(100);
+    let mut failures = 0_u32;
     loop {
         match call().await {
-            Ok(value) => return Ok(value),
-            Err(error) => {
-                tracing::warn!(%error, "cannot read {what} from Consul yet; retrying in {delay:?}")
+            Ok(value) => {
+                if failures > 0 {
+                    tracing::info!(failures, "read {what} from Consul");
+                }
+                return Ok(value);
             }
+            // Once, then once a minute (every 12th try at the 5 s ceiling).
+            Err(error) if failures % 12 == 0 => {
+                tracing::warn!(%error, "cannot read {what} from Consul yet; answering SERVFAIL until it answers, retrying");
+            }
+            Err(error) => tracing::debug!(%error, "cannot read {what} from Consul yet"),
         }
+        failures += 1;
         tokio::select! {
             () = shutdown.cancelled() => anyhow::bail!("stopped while waiting for {what}"),
             () = tokio::time::sleep(delay) => {}
@@ -87,27 +94,16 @@ where
     }
 }
 
-/// Starts everything: learns the local datacenter and the datacenter
-/// list, starts the start-up watches, binds DNS and admin.
+/// Starts everything. DNS and admin are bound first, so the server
+/// answers at once even while Consul is unreachable (SERVFAIL with an
+/// Extended DNS Error until data arrives); the local datacenter, the
+/// datacenter list and the watches follow in the background, retried until
+/// Consul answers.
 pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Running> {
     let metrics = Metrics::new();
     let client = Arc::new(ConsulClient::new(&config.consul).context("Consul client")?);
-    let datacenter = if config.consul.datacenter.is_empty() {
-        retry("the local datacenter (/v1/agent/self)", &shutdown, || {
-            client.local_datacenter()
-        })
-        .await?
-    } else {
-        config.consul.datacenter.clone()
-    };
-    let view = Arc::new(HealthView::new(&datacenter));
+    let view = Arc::new(HealthView::new(&config.consul.datacenter));
     view.set_max_stale(config.consul.max_stale);
-    let mut datacenters = retry("the datacenter list", &shutdown, || client.datacenters()).await?;
-    if !datacenters.contains(&datacenter) {
-        datacenters.insert(0, datacenter.clone());
-    }
-    view.set_datacenters(datacenters.clone());
-
     let watcher = Arc::new(
         Watcher::new(
             Arc::clone(&client),
@@ -117,28 +113,11 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         )
         .with_max_watches(config.consul.max_watches),
     );
-    watcher.spawn_datacenter_refresh(DATACENTER_REFRESH);
-    watcher.spawn_idle_reaper(config.consul.watch_idle);
-    watcher.spawn_reachability_probe(config.consul.probe_interval);
-    for dc in &datacenters {
-        metrics.add_datacenter(dc);
-        watcher.ensure_catalog(dc);
-    }
     let resolver = Arc::new(ArcSwap::from_pointee(Resolver::new(&config)));
-    watcher.set_pinned(pinned_watches(&resolver.load(), &view));
-    let prepared = resolver.load().serves_prepared().then(|| {
-        let listing = watcher.watch_prepared(&datacenter);
-        tokio::spawn(follow_prepared(
-            listing.clone(),
-            Arc::clone(&resolver),
-            Resolver::prepared_settings(&config),
-            Arc::clone(&watcher),
-            Arc::clone(&view),
-            metrics.clone(),
-            shutdown.clone(),
-        ));
-        (datacenter.clone(), listing)
-    });
+    let listing = resolver
+        .load()
+        .serves_prepared()
+        .then(|| watch::channel(None).0);
 
     let handler = DnsHandler::new(
         Arc::clone(&resolver),
@@ -167,8 +146,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
                 let watcher = Arc::clone(&watcher);
                 Box::new(move || watcher.pinned().into_iter().collect())
             },
-            prepared,
-            startup_catalogs: datacenters.clone(),
+            prepared: listing.as_ref().map(watch::Sender::subscribe),
             metrics: metrics.clone(),
         });
         tokio::spawn(admin::serve(listener, state, shutdown.clone()));
@@ -180,14 +158,102 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     if let Some(address) = admin {
         tracing::info!(%address, "admin HTTP on /health /ready /metrics");
     }
+    tokio::spawn(connect(Connect {
+        client,
+        view: Arc::clone(&view),
+        watcher,
+        resolver,
+        metrics,
+        listing,
+        settings: Resolver::prepared_settings(&config),
+        probe_interval: config.consul.probe_interval,
+        watch_idle: config.consul.watch_idle,
+        shutdown: shutdown.clone(),
+    }));
     Ok(Running {
         dns,
         admin,
-        datacenter,
         view,
         server,
         shutdown,
     })
+}
+
+/// What [`connect`] needs.
+struct Connect {
+    client: Arc<ConsulClient>,
+    view: Arc<HealthView>,
+    watcher: Arc<Watcher>,
+    resolver: Arc<ArcSwap<Resolver>>,
+    metrics: Metrics,
+    listing: Option<watch::Sender<Option<Arc<Vec<Definition>>>>>,
+    settings: Settings,
+    probe_interval: Duration,
+    watch_idle: Duration,
+    shutdown: CancellationToken,
+}
+
+/// Learns the local datacenter (unless configured) and the datacenter
+/// list, retrying until Consul answers, then starts every watch.
+async fn connect(c: Connect) {
+    let configured = c.view.local_datacenter();
+    let datacenter = if configured.is_empty() {
+        let learned = retry("the local datacenter (/v1/agent/self)", &c.shutdown, || {
+            c.client.local_datacenter()
+        })
+        .await;
+        let Ok(learned) = learned else { return };
+        c.view.set_local_datacenter(&learned);
+        learned
+    } else {
+        String::clone(&configured)
+    };
+    let Ok(mut datacenters) = retry("the datacenter list", &c.shutdown, || {
+        c.client.datacenters()
+    })
+    .await
+    else {
+        return;
+    };
+    if !datacenters.contains(&datacenter) {
+        datacenters.insert(0, datacenter.clone());
+    }
+    c.view.set_datacenters(datacenters);
+    tracing::info!(datacenter = %datacenter, "Consul reached; starting watches");
+    c.watcher.spawn_datacenter_refresh(DATACENTER_REFRESH);
+    c.watcher.spawn_idle_reaper(c.watch_idle);
+    c.watcher.spawn_reachability_probe(c.probe_interval);
+    watch_datacenters(&c.view, &c.watcher, &c.metrics);
+    c.watcher
+        .set_pinned(pinned_watches(&c.resolver.load(), &c.view));
+    if let Some(sender) = c.listing {
+        let listing = sender.subscribe();
+        c.watcher.watch_prepared(&datacenter, sender);
+        follow_prepared(
+            listing, c.resolver, c.settings, c.watcher, c.view, c.metrics, c.shutdown,
+        )
+        .await;
+    } else {
+        // Still follow datacenter-list changes for the pinned watches.
+        loop {
+            tokio::select! {
+                () = c.shutdown.cancelled() => return,
+                () = tokio::time::sleep(PIN_REFRESH) => {}
+            }
+            watch_datacenters(&c.view, &c.watcher, &c.metrics);
+            c.watcher
+                .set_pinned(pinned_watches(&c.resolver.load(), &c.view));
+        }
+    }
+}
+
+/// Starts the catalog watch of every known datacenter (new ones appear in
+/// the refreshed list) and exports its metrics.
+fn watch_datacenters(view: &HealthView, watcher: &Watcher, metrics: &Metrics) {
+    for dc in view.datacenters().iter() {
+        metrics.add_datacenter(dc);
+        watcher.ensure_catalog(dc);
+    }
 }
 
 /// The health watches that always run: every (datacenter, service) of the
@@ -258,6 +324,7 @@ async fn follow_prepared(
             let set = Arc::new(set);
             resolver.rcu(|current| current.with_prepared(Arc::clone(&set)));
         }
+        watch_datacenters(&view, &watcher, &metrics);
         watcher.set_pinned(pinned_watches(&resolver.load(), &view));
     }
 }

@@ -289,7 +289,8 @@ struct NodeEntry {
 
 /// The shared, always-current health view.
 pub struct HealthView {
-    local: Arc<String>,
+    /// Empty until learned from Consul.
+    local: ArcSwap<String>,
     datacenters: ArcSwap<Vec<String>>,
     services: ArcSwap<HashMap<ServiceKey, Arc<ServiceSlot>>>,
     catalogs: ArcSwap<HashMap<String, Slot<Catalog>>>,
@@ -309,7 +310,7 @@ pub struct HealthView {
 impl std::fmt::Debug for HealthView {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HealthView")
-            .field("local", &self.local)
+            .field("local", &self.local.load())
             .field("services", &self.services.load().len())
             .finish_non_exhaustive()
     }
@@ -319,7 +320,7 @@ impl HealthView {
     /// An empty view for the given local datacenter.
     pub fn new(local: &str) -> Self {
         Self {
-            local: Arc::new(local.to_owned()),
+            local: ArcSwap::from_pointee(local.to_owned()),
             datacenters: ArcSwap::from_pointee(vec![local.to_owned()]),
             services: ArcSwap::default(),
             catalogs: ArcSwap::default(),
@@ -334,6 +335,13 @@ impl HealthView {
 
     fn now_ms(&self) -> u64 {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Sets the local datacenter, once learned from Consul (a view made
+    /// with an empty name answers nothing that needs it until then).
+    pub fn set_local_datacenter(&self, local: &str) {
+        self.local.store(Arc::new(local.to_owned()));
+        self.changed.notify_waiters();
     }
 
     /// Replaces the datacenter list (nearest first, local included).
@@ -536,7 +544,7 @@ impl HealthView {
 
 impl HealthLookup for HealthView {
     fn local_datacenter(&self) -> Arc<String> {
-        Arc::clone(&self.local)
+        self.local.load_full()
     }
 
     fn datacenters(&self) -> Arc<Vec<String>> {

@@ -354,7 +354,22 @@ impl Resolver {
         let labels: Vec<&str> = relative.iter().map(String::as_str).collect();
         let datacenters = view.datacenters();
         let local = view.local_datacenter();
-        match Parsed::from_labels(&labels, &datacenters) {
+        let parsed = Parsed::from_labels(&labels, &datacenters);
+        if local.is_empty()
+            && !matches!(
+                parsed,
+                Parsed::Apex | Parsed::EmptyNonTerminal | Parsed::Addr { .. }
+            )
+        {
+            // Start-up with Consul unreachable: nothing is known yet, not
+            // even which datacenters exist.
+            return Outcome::Answer(Answer::servfail(
+                Kind::Other,
+                EDE_NOT_READY,
+                "Consul has not answered yet: the local datacenter is not known".to_owned(),
+            ));
+        }
+        match parsed {
             Parsed::Apex => Outcome::Answer(self.apex(question, &zone)),
             Parsed::EmptyNonTerminal => Outcome::Answer(zone.nodata(Kind::Zone)),
             Parsed::NoSuchName(Kind::Other) if self.forward => Outcome::Forward(Kind::Other),

@@ -239,21 +239,18 @@ impl Watcher {
     }
 
     /// Starts the blocking watch of the prepared queries defined in `dc`
-    /// (the local datacenter); every new listing is sent on the returned
-    /// channel (`None` until the first read).
-    pub fn watch_prepared(&self, dc: &str) -> watch::Receiver<Option<Arc<Vec<Definition>>>> {
-        let (sender, receiver) = watch::channel(None);
+    /// (the local datacenter); every new listing is sent on `sink`.
+    pub fn watch_prepared(&self, dc: &str, sink: watch::Sender<Option<Arc<Vec<Definition>>>>) {
         if self.shared.shutdown.is_cancelled() {
-            return receiver;
+            return;
         }
         let target = PreparedTarget {
             datacenter: dc.to_owned(),
-            sink: sender,
+            sink,
         };
         let stop = self.shared.shutdown.clone();
         let handle = tokio::spawn(watch_loop(self.shared.clone(), target, stop));
         self.shared.running().background.push(handle);
-        receiver
     }
 
     /// Starts the blocking watch of `key` unless one runs; returns whether
@@ -1129,7 +1126,8 @@ mod tests {
     #[tokio::test]
     async fn prepared_query_changes_arrive_within_a_second() {
         let f = fixture(&["dc1"], |c| c).await;
-        let mut listing = f.watcher.watch_prepared("dc1");
+        let (sink, mut listing) = watch::channel(None);
+        f.watcher.watch_prepared("dc1", sink);
         within(listing.wait_for(Option::is_some)).await.unwrap();
         assert!(listing.borrow().as_ref().unwrap().is_empty());
         let started = Instant::now();
@@ -1277,7 +1275,8 @@ mod tests {
         let _stop = shutdown.clone().drop_guard();
         let view = Arc::new(HealthView::new("dc1"));
         let watcher = Watcher::new(client, view, Metrics::new(), shutdown);
-        let mut listing = watcher.watch_prepared("dc1");
+        let (sink, mut listing) = watch::channel(None);
+        watcher.watch_prepared("dc1", sink);
         within(listing.wait_for(Option::is_some)).await.unwrap();
         let window = Duration::from_millis(2500);
         tokio::time::sleep(window).await;
