@@ -43,9 +43,149 @@ pub struct Running {
     pub view: Arc<HealthView>,
     server: hickory_server::Server<DnsHandler>,
     shutdown: CancellationToken,
+    reloader: Arc<Reloader>,
+}
+
+/// What a configuration reload replaces while the server runs.
+pub struct Reloader {
+    config: std::sync::Mutex<Config>,
+    resolver: Arc<ArcSwap<Resolver>>,
+    settings: Arc<ArcSwap<Settings>>,
+    listing: Option<watch::Receiver<Option<Arc<Vec<Definition>>>>>,
+    watcher: Arc<Watcher>,
+    view: Arc<HealthView>,
+    wire: Arc<dns::Wire>,
+}
+
+impl Reloader {
+    /// Puts a validated configuration in force: answers (`[dns]` answer
+    /// keys, `[queries]`, `[[query]]`, `consul.translate_wan_addrs`), the
+    /// watches they pin, `consul.max_stale`, `consul.max_watches` and
+    /// `consul.watch_idle`. Returns the changed keys that only a restart
+    /// applies (listeners, the Consul connection, logging).
+    pub fn apply(&self, config: Config) -> Vec<&'static str> {
+        let mut current = self
+            .config
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let needs_restart = restart_keys(&current, &config);
+        let settings = Arc::new(Resolver::prepared_settings(&config));
+        self.settings.store(Arc::clone(&settings));
+        let mut resolver = Resolver::new(&config).with_failback_of(&self.resolver.load());
+        if let Some(listing) = self.listing.as_ref().and_then(|l| l.borrow().clone()) {
+            let set = PreparedQueries::new(Vec::clone(&listing), Settings::clone(&settings));
+            resolver = resolver.with_prepared(Arc::new(set));
+        }
+        self.resolver.store(Arc::new(resolver));
+        self.wire.set(wire_settings(&config));
+        self.view.set_max_stale(config.consul.max_stale);
+        self.watcher.set_max_watches(config.consul.max_watches);
+        self.watcher.set_watch_idle(config.consul.watch_idle);
+        if !self.view.local_datacenter().is_empty() {
+            self.watcher
+                .set_pinned(pinned_watches(&self.resolver.load(), &self.view));
+        }
+        *current = config;
+        needs_restart
+    }
+}
+
+/// The keys that differ between two configurations and apply only at
+/// start-up.
+fn restart_keys(old: &Config, new: &Config) -> Vec<&'static str> {
+    let (o, n) = (&old.consul, &new.consul);
+    [
+        ("dns.listen", old.dns.listen != new.dns.listen),
+        (
+            "dns.tcp_idle_timeout",
+            old.dns.tcp_idle_timeout != new.dns.tcp_idle_timeout,
+        ),
+        (
+            "dns.tcp_max_connections",
+            old.dns.tcp_max_connections != new.dns.tcp_max_connections,
+        ),
+        ("consul.address", o.address != n.address),
+        ("consul.datacenter", o.datacenter != n.datacenter),
+        ("consul.token_file", o.token_file != n.token_file),
+        ("consul.ca_file", o.ca_file != n.ca_file),
+        ("consul.wait", o.wait != n.wait),
+        ("consul.stale", o.stale != n.stale),
+        ("consul.timeout", o.timeout != n.timeout),
+        (
+            "consul.probe_interval",
+            o.probe_interval != n.probe_interval,
+        ),
+        ("consul.datacenters", o.datacenters != n.datacenters),
+        (
+            "queries.prepared",
+            old.queries.prepared != new.queries.prepared,
+        ),
+        ("admin.listen", old.admin.listen != new.admin.listen),
+        ("log.format", old.log.format != new.log.format),
+    ]
+    .into_iter()
+    .filter_map(|(key, changed)| changed.then_some(key))
+    .collect()
+}
+
+/// The DNS protocol settings of a configuration.
+fn wire_settings(config: &Config) -> WireSettings {
+    WireSettings {
+        udp_payload: config.dns.udp_payload,
+        udp_answer_limit: config.dns.udp_answer_limit,
+        first_answer_wait: config.dns.first_answer_wait,
+        upstream: config.dns.upstream.parse().ok(),
+    }
+}
+
+/// Reloads the configuration on every SIGHUP: `load` reads and validates
+/// the file (with the command line's overrides); a file that does not load
+/// is logged and the running configuration stays.
+pub fn reload_on_sighup(
+    reloader: Arc<Reloader>,
+    load: impl Fn() -> Result<Config, String> + Send + 'static,
+    shutdown: CancellationToken,
+) {
+    tokio::spawn(async move {
+        let mut hangups =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+                Ok(signal) => signal,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot listen for SIGHUP; reloading is off");
+                    return;
+                }
+            };
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                got = hangups.recv() => if got.is_none() { return },
+            }
+            match load() {
+                Ok(config) => {
+                    let restart = reloader.apply(config);
+                    tracing::info!("configuration reloaded");
+                    if !restart.is_empty() {
+                        tracing::warn!(
+                            keys = %restart.join(", "),
+                            "these changed keys take effect only after a restart"
+                        );
+                    }
+                }
+                Err(error) => tracing::error!(
+                    %error,
+                    "configuration not reloaded; the running one stays in force"
+                ),
+            }
+        }
+    });
 }
 
 impl Running {
+    /// What reloads the configuration of this server.
+    pub fn reloader(&self) -> Arc<Reloader> {
+        Arc::clone(&self.reloader)
+    }
+
     /// Serves until `shutdown` is cancelled, then stops every task.
     pub async fn wait(mut self) -> anyhow::Result<()> {
         self.shutdown.cancelled().await;
@@ -118,19 +258,16 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         .load()
         .serves_prepared()
         .then(|| watch::channel(None).0);
+    let settings = Arc::new(ArcSwap::from_pointee(Resolver::prepared_settings(&config)));
 
     let handler = DnsHandler::new(
         Arc::clone(&resolver),
         Arc::clone(&view),
         Arc::clone(&watcher) as Arc<dyn WatchDemand>,
         metrics.clone(),
-        WireSettings {
-            udp_payload: config.dns.udp_payload,
-            udp_answer_limit: config.dns.udp_answer_limit,
-            first_answer_wait: config.dns.first_answer_wait,
-            upstream: config.dns.upstream.parse().ok(),
-        },
+        wire_settings(&config),
     );
+    let wire = handler.wire();
     let (server, dns) =
         dns::serve(handler, &config.dns.listen, config.dns.tcp_idle_timeout).await?;
 
@@ -158,6 +295,15 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     if let Some(address) = admin {
         tracing::info!(%address, "admin HTTP on /health /ready /metrics");
     }
+    let reloader = Arc::new(Reloader {
+        resolver: Arc::clone(&resolver),
+        settings: Arc::clone(&settings),
+        listing: listing.as_ref().map(watch::Sender::subscribe),
+        watcher: Arc::clone(&watcher),
+        view: Arc::clone(&view),
+        wire,
+        config: std::sync::Mutex::new(config.clone()),
+    });
     tokio::spawn(connect(Connect {
         client,
         view: Arc::clone(&view),
@@ -165,7 +311,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         resolver,
         metrics,
         listing,
-        settings: Resolver::prepared_settings(&config),
+        settings,
         probe_interval: config.consul.probe_interval,
         watch_idle: config.consul.watch_idle,
         shutdown: shutdown.clone(),
@@ -176,6 +322,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         view,
         server,
         shutdown,
+        reloader,
     })
 }
 
@@ -187,7 +334,7 @@ struct Connect {
     resolver: Arc<ArcSwap<Resolver>>,
     metrics: Metrics,
     listing: Option<watch::Sender<Option<Arc<Vec<Definition>>>>>,
-    settings: Settings,
+    settings: Arc<ArcSwap<Settings>>,
     probe_interval: Duration,
     watch_idle: Duration,
     shutdown: CancellationToken,
@@ -284,7 +431,7 @@ const PIN_REFRESH: Duration = Duration::from_secs(30);
 async fn follow_prepared(
     mut listing: watch::Receiver<Option<Arc<Vec<Definition>>>>,
     resolver: Arc<ArcSwap<Resolver>>,
-    settings: Settings,
+    settings: Arc<ArcSwap<Settings>>,
     watcher: Arc<Watcher>,
     view: Arc<HealthView>,
     metrics: Metrics,
@@ -315,7 +462,8 @@ async fn follow_prepared(
                     );
                 }
             }
-            let set = PreparedQueries::new(Vec::clone(&definitions), settings.clone());
+            let set =
+                PreparedQueries::new(Vec::clone(&definitions), Settings::clone(&settings.load()));
             for (query, reason) in set.skipped() {
                 tracing::warn!(%query, %reason, "prepared query cannot be served");
             }

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use hickory_proto::ProtoError;
 use hickory_proto::op::{
     Edns, EmitAndCount, Header, Metadata, OpCode, ResponseCode, emit_message_parts,
@@ -74,14 +74,42 @@ impl From<Answer> for Reply {
     }
 }
 
+/// The protocol settings in force; a reload replaces them while the
+/// handler serves.
+pub struct Wire {
+    settings: ArcSwap<WireSettings>,
+    upstream: ArcSwapOption<Upstream>,
+}
+
+impl Wire {
+    fn new(settings: WireSettings) -> Self {
+        Self {
+            upstream: ArcSwapOption::from(settings.upstream.map(|a| Arc::new(Upstream::new(a)))),
+            settings: ArcSwap::from_pointee(settings),
+        }
+    }
+
+    /// Puts new settings in force for the next queries.
+    pub fn set(&self, settings: WireSettings) {
+        if self.settings.load().upstream != settings.upstream {
+            self.upstream
+                .store(settings.upstream.map(|a| Arc::new(Upstream::new(a))));
+        }
+        self.settings.store(Arc::new(settings));
+    }
+
+    fn get(&self) -> WireSettings {
+        **self.settings.load()
+    }
+}
+
 /// The request handler shared by every listener.
 pub struct DnsHandler {
     resolver: Arc<ArcSwap<Resolver>>,
     view: Arc<HealthView>,
     demand: Arc<dyn WatchDemand>,
     metrics: Metrics,
-    settings: WireSettings,
-    upstream: Option<Upstream>,
+    wire: Arc<Wire>,
 }
 
 impl DnsHandler {
@@ -98,16 +126,20 @@ impl DnsHandler {
             view,
             demand,
             metrics,
-            settings,
-            upstream: settings.upstream.map(Upstream::new),
+            wire: Arc::new(Wire::new(settings)),
         }
+    }
+
+    /// The settings in force, to replace on reload.
+    pub fn wire(&self) -> Arc<Wire> {
+        Arc::clone(&self.wire)
     }
 
     /// Resolves, starting watches and waiting up to `first_answer_wait`
     /// for data that is not synced yet; then SERVFAIL with EDE "Not Ready".
     /// Names to forward are relayed to the upstream within the same time.
     async fn answer(&self, question: &Question, over_tcp: bool, client_edns: bool) -> Reply {
-        let deadline = tokio::time::Instant::now() + self.settings.first_answer_wait;
+        let deadline = tokio::time::Instant::now() + self.wire.get().first_answer_wait;
         let mut rng = fastrand::Rng::new();
         loop {
             // Register for change notifications before reading the view,
@@ -172,7 +204,7 @@ impl DnsHandler {
         client_edns: bool,
         deadline: tokio::time::Instant,
     ) -> Reply {
-        let Some(upstream) = &self.upstream else {
+        let Some(upstream) = self.wire.upstream.load_full() else {
             // The resolver forwards only when dns.upstream is set; a
             // handler built without one says so rather than guess.
             return Answer::servfail(
@@ -182,7 +214,7 @@ impl DnsHandler {
             )
             .into();
         };
-        let edns_payload = client_edns.then_some(self.settings.udp_payload);
+        let edns_payload = client_edns.then_some(self.wire.get().udp_payload);
         let reply = match upstream
             .relay(question, over_tcp, edns_payload, deadline)
             .await
@@ -324,17 +356,18 @@ impl RequestHandler for DnsHandler {
         request: &Request,
         mut response: R,
     ) -> ResponseInfo {
+        let settings = self.wire.get();
         // RFC 6891 §6.1.1: answer an OPT with an OPT advertising our size.
         let mut edns = request.edns.as_ref().map(|_| {
             let mut e = Edns::new();
-            e.set_max_payload(self.settings.udp_payload);
+            e.set_max_payload(settings.udp_payload);
             e
         });
         let udp = request.protocol() == Protocol::Udp;
         let limit = match (&request.edns, udp) {
             (_, false) => usize::from(u16::MAX),
             (Some(req), true) => {
-                usize::from(req.max_payload().min(self.settings.udp_payload)).max(PLAIN_UDP_LIMIT)
+                usize::from(req.max_payload().min(settings.udp_payload)).max(PLAIN_UDP_LIMIT)
             }
             (None, true) => PLAIN_UDP_LIMIT,
         };
@@ -396,10 +429,10 @@ impl RequestHandler for DnsHandler {
                         .insert(EdnsOption::Unknown(EDNS_EXTENDED_ERROR, data));
                 }
                 if udp
-                    && self.settings.udp_answer_limit > 0
-                    && answer.answers.len() > self.settings.udp_answer_limit
+                    && settings.udp_answer_limit > 0
+                    && answer.answers.len() > settings.udp_answer_limit
                 {
-                    answer.answers.truncate(self.settings.udp_answer_limit);
+                    answer.answers.truncate(settings.udp_answer_limit);
                     metadata.truncation = true;
                 }
                 // RFC 2181 §9 and RFC 6891 §7: what does not fit goes, the

@@ -113,7 +113,19 @@ fn main() -> ExitCode {
         app::cancel_on_signals(shutdown.clone());
         match cli.command {
             Some(Command::Demo { scenario }) => demo::run(scenario, shutdown).await,
-            _ => app::start(config, shutdown).await?.wait().await,
+            _ => {
+                let running = app::start(config, shutdown.clone()).await?;
+                let file = cli.config.clone();
+                app::reload_on_sighup(
+                    running.reloader(),
+                    move || match &file {
+                        Some(_) => load(&cli),
+                        None => Err("no configuration file to reload (started without -c)".into()),
+                    },
+                    shutdown,
+                );
+                running.wait().await
+            }
         }
     });
     match result {

@@ -302,6 +302,14 @@ impl Resolver {
         self.prepared.as_ref()
     }
 
+    /// This resolver carrying on the `failback_after` memory of `other`
+    /// (a reload must not reset the holds in progress).
+    #[must_use]
+    pub fn with_failback_of(mut self, other: &Self) -> Self {
+        self.failback = Arc::clone(&other.failback);
+        self
+    }
+
     /// This resolver with another set of prepared queries; ignored when
     /// `queries.prepared` is off.
     #[must_use]

@@ -77,7 +77,9 @@ struct Shared {
     running: Mutex<Running>,
     /// `consul.max_watches`: on-demand health watches stop being started
     /// once this many health watches run.
-    max_watches: usize,
+    max_watches: std::sync::atomic::AtomicUsize,
+    /// `consul.watch_idle` in milliseconds (the reaper reads it each round).
+    watch_idle_ms: std::sync::atomic::AtomicU64,
     /// Wakes watches backing off after errors when a datacenter answers
     /// again, so its data is fresh at once rather than after the backoff.
     recovered: tokio::sync::Notify,
@@ -114,25 +116,33 @@ impl Watcher {
                 metrics,
                 shutdown,
                 running: Mutex::new(Running::default()),
-                max_watches: usize::MAX,
+                max_watches: std::sync::atomic::AtomicUsize::new(usize::MAX),
+                watch_idle_ms: std::sync::atomic::AtomicU64::new(u64::MAX),
                 recovered: tokio::sync::Notify::new(),
             }),
         }
     }
 
-    /// The same watcher with `consul.max_watches` set. Call before any
-    /// task starts.
+    /// The same watcher with `consul.max_watches` set.
     #[must_use]
     pub fn with_max_watches(self, max_watches: usize) -> Self {
-        match Arc::try_unwrap(self.shared) {
-            Ok(mut shared) => {
-                shared.max_watches = max_watches;
-                Self {
-                    shared: Arc::new(shared),
-                }
-            }
-            Err(shared) => Self { shared },
-        }
+        self.set_max_watches(max_watches);
+        self
+    }
+
+    /// Sets `consul.max_watches` (on reload: running watches are kept).
+    pub fn set_max_watches(&self, max_watches: usize) {
+        self.shared
+            .max_watches
+            .store(max_watches, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Sets `consul.watch_idle` for the reaper's next rounds.
+    pub fn set_watch_idle(&self, idle: Duration) {
+        self.shared.watch_idle_ms.store(
+            u64::try_from(idle.as_millis()).unwrap_or(u64::MAX),
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 
     /// Starts an on-demand watch of `key` (a query needs it) unless one
@@ -144,7 +154,11 @@ impl Watcher {
             if running.services.contains_key(key) {
                 return true;
             }
-            if running.services.len() >= self.shared.max_watches {
+            let max_watches = self
+                .shared
+                .max_watches
+                .load(std::sync::atomic::Ordering::Relaxed);
+            if running.services.len() >= max_watches {
                 let now = Instant::now();
                 if running
                     .refused_logged
@@ -154,7 +168,7 @@ impl Watcher {
                     tracing::warn!(
                         datacenter = %key.datacenter,
                         service = %key.service,
-                        max_watches = self.shared.max_watches,
+                        max_watches,
                         "not watching another service: consul.max_watches health watches run; \
                          raise it or lower consul.watch_idle"
                     );
@@ -166,14 +180,23 @@ impl Watcher {
         true
     }
 
-    /// Makes `keys` the pinned health watches: starts those not running;
-    /// the ones no longer pinned become on-demand watches, stopped once
-    /// idle.
+    /// Makes `keys` the pinned health watches: starts those not running
+    /// and stops those pinned before but not now (a query that needs one
+    /// again starts it on demand).
     pub fn set_pinned(&self, keys: HashSet<ServiceKey>) {
         for key in &keys {
             self.ensure_service(key);
         }
-        self.shared.running().pinned = keys;
+        let dropped: Vec<ServiceKey> = {
+            let mut running = self.shared.running();
+            let old = std::mem::replace(&mut running.pinned, keys);
+            old.into_iter()
+                .filter(|key| !running.pinned.contains(key))
+                .collect()
+        };
+        for key in dropped {
+            self.stop_service(&key);
+        }
     }
 
     /// The pinned health watches.
@@ -182,16 +205,27 @@ impl Watcher {
     }
 
     /// Spawns the reaper: every so often, on-demand watches that no answer
-    /// read for `idle` are stopped.
+    /// read for `idle` (or what [`set_watch_idle`](Self::set_watch_idle)
+    /// set later) are stopped.
     pub fn spawn_idle_reaper(&self, idle: Duration) {
         if self.shared.shutdown.is_cancelled() {
             return;
         }
+        self.set_watch_idle(idle);
         let watcher = self.clone();
-        let every = (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(60));
         let handle = tokio::spawn(async move {
             let stop = watcher.shared.shutdown.clone();
-            while sleep_unless_stopped(&stop, every).await {
+            loop {
+                let idle = Duration::from_millis(
+                    watcher
+                        .shared
+                        .watch_idle_ms
+                        .load(std::sync::atomic::Ordering::Relaxed),
+                );
+                let every = (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(60));
+                if !sleep_unless_stopped(&stop, every).await {
+                    break;
+                }
                 watcher.stop_idle(idle);
             }
         });
@@ -1191,11 +1225,9 @@ mod tests {
         assert!(f.watcher.is_watching(&used), "a watch in use stays");
         assert!(!f.watcher.is_watching(&idle), "an unused watch stops");
         assert!(!f.view.has_service_slot(&idle));
-        // Unpinned, grafana is on demand and idles out like the others.
+        // Unpinned (a reload dropped its query), grafana stops at once;
+        // on-demand watches are untouched.
         f.watcher.set_pinned(HashSet::new());
-        tokio::time::sleep(limit).await;
-        let _ = f.view.service("dc1", "loki");
-        assert_eq!(f.watcher.stop_idle(limit), 1);
         assert!(!f.watcher.is_watching(&pinned));
         assert!(f.watcher.is_watching(&used));
     }
