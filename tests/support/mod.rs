@@ -1485,6 +1485,18 @@ impl Drop for Dnsmasq {
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::rdata::opt::{EdnsCode, EdnsOption};
 use std::process::ExitStatus;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Raises a flag when dropped: a background thread told to stop by the
+/// flag stops also when the test panics (a scoped thread left running
+/// would keep the test from ever ending).
+pub struct RaiseOnDrop<'a>(pub &'a AtomicBool);
+
+impl Drop for RaiseOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
 
 /// The EDNS option code of Extended DNS Errors (RFC 8914).
 pub const EDNS_EXTENDED_ERROR: u16 = 15;
