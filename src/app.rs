@@ -343,6 +343,9 @@ struct Connect {
 /// Learns the local datacenter (unless configured) and the datacenter
 /// list, retrying until Consul answers, then starts every watch.
 async fn connect(c: Connect) {
+    // Probing first: a configured local datacenter whose Consul is down is
+    // known unreachable at once, so its queries do not wait for it.
+    c.watcher.spawn_reachability_probe(c.probe_interval);
     let configured = c.view.local_datacenter();
     let datacenter = if configured.is_empty() {
         let learned = retry("the local datacenter (/v1/agent/self)", &c.shutdown, || {
@@ -369,7 +372,6 @@ async fn connect(c: Connect) {
     tracing::info!(datacenter = %datacenter, "Consul reached; starting watches");
     c.watcher.spawn_datacenter_refresh(DATACENTER_REFRESH);
     c.watcher.spawn_idle_reaper(c.watch_idle);
-    c.watcher.spawn_reachability_probe(c.probe_interval);
     watch_datacenters(&c.view, &c.watcher, &c.metrics);
     c.watcher
         .set_pinned(pinned_watches(&c.resolver.load(), &c.view));

@@ -23,9 +23,7 @@ use tokio::net::{TcpListener, UdpSocket};
 
 use crate::health::{HealthView, ServiceKey};
 use crate::metrics::Metrics;
-use crate::resolve::{
-    Answer, Context, EDE_OTHER, EDE_STALE_ANSWER, Kind, Outcome, Question, Resolver,
-};
+use crate::resolve::{Answer, Context, EDE_OTHER, Kind, Outcome, Question, Resolver};
 use crate::upstream::{EDE_NO_REACHABLE_AUTHORITY, Upstream};
 
 /// The EDNS option code of Extended DNS Errors (RFC 8914).
@@ -412,15 +410,6 @@ impl RequestHandler for DnsHandler {
                 metadata.recursion_available = false;
                 if answer.stale {
                     self.metrics.stale_answer();
-                    if answer.extended_error.is_none() {
-                        answer.extended_error = Some((
-                            EDE_STALE_ANSWER,
-                            format!(
-                                "Consul of {} does not answer; these are its last known instances",
-                                answer.datacenter.as_deref().unwrap_or("the datacenter")
-                            ),
-                        ));
-                    }
                 }
                 if let (Some(e), Some((code, text))) = (edns.as_mut(), &answer.extended_error) {
                     let mut data = code.to_be_bytes().to_vec();

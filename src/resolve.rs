@@ -600,23 +600,41 @@ impl Resolver {
         // Remote means "not this resolver's datacenter", whatever `.query.<dc>`
         // made local for the chain: it picks WAN addresses and is counted.
         let real_local = view.local_datacenter();
-        let answer_from =
-            |position: usize, stale: bool, instances: &[&Instance], ctx: &mut Context<'_>| {
-                let remote = chain[position] != *real_local;
-                let mut answer = self.render(
-                    question,
-                    zone,
-                    ctx,
-                    def,
-                    &chain[position],
-                    remote,
-                    instances,
-                    kind,
-                );
-                answer.warm = Self::warm(view, def, &chain[position + 1..]);
-                answer.stale = stale;
-                Outcome::Answer(answer)
-            };
+        let answer_from = |position: usize,
+                           basis: &[(usize, bool)],
+                           instances: &[&Instance],
+                           ctx: &mut Context<'_>| {
+            let remote = chain[position] != *real_local;
+            let mut answer = self.render(
+                question,
+                zone,
+                ctx,
+                def,
+                &chain[position],
+                remote,
+                instances,
+                kind,
+            );
+            answer.warm = Self::warm(view, def, &chain[position + 1..]);
+            // Stale data behind the choice counts too: a datacenter
+            // passed over on stale data, or the one answering.
+            let stale: Vec<&str> = basis
+                .iter()
+                .filter(|(at, stale)| *stale && *at <= position)
+                .map(|(at, _)| chain[*at].as_str())
+                .collect();
+            if !stale.is_empty() {
+                answer.stale = true;
+                answer.extended_error = Some((
+                    EDE_STALE_ANSWER,
+                    format!(
+                        "Consul of {} does not answer; its last known data was used",
+                        stale.join(", ")
+                    ),
+                ));
+            }
+            Outcome::Answer(answer)
+        };
         if def.service.is_empty() {
             // A template rendered for a name its regexp does not match.
             return Outcome::Answer(zone.nxdomain(kind));
@@ -643,17 +661,19 @@ impl Resolver {
                 }
             }
         }
+        let mut basis: Vec<(usize, bool)> = seen.iter().map(|c| (c.position, c.stale)).collect();
         if let Some(at) = chosen {
             let held = self.hold_back(view, def, chain, &seen[at], ctx.now);
             let candidate = held.as_ref().unwrap_or(&seen[at]);
+            basis.extend(held.as_ref().map(|h| (h.position, h.stale)));
             let usable = usable_instances(&candidate.health.instances, def);
-            return answer_from(candidate.position, candidate.stale, &usable, ctx);
+            return answer_from(candidate.position, &basis, &usable, ctx);
         }
         // Below min_healthy everywhere: the first datacenter with anything
         // usable beats no answer.
         if let Some(candidate) = seen.iter().find(|c| c.usable > 0) {
             let usable = usable_instances(&candidate.health.instances, def);
-            return answer_from(candidate.position, candidate.stale, &usable, ctx);
+            return answer_from(candidate.position, &basis, &usable, ctx);
         }
         // A datacenter we cannot see is not an unhealthy one.
         if !not_ready.is_empty() {
@@ -686,7 +706,7 @@ impl Resolver {
             OnAllUnhealthy::FailOpen => match seen.first() {
                 Some(first) if first.position == 0 && !first.health.instances.is_empty() => {
                     let all: Vec<&Instance> = first.health.instances.iter().collect();
-                    answer_from(0, first.stale, &all, ctx)
+                    answer_from(0, &basis, &all, ctx)
                 }
                 _ => Outcome::Answer(zone.nxdomain(kind)),
             },

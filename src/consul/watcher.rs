@@ -662,7 +662,9 @@ async fn probe_loop(shared: Arc<Shared>, period: Duration) {
     loop {
         let tick = tokio::time::sleep(period);
         let mut probes = tokio::task::JoinSet::new();
-        for dc in shared.view.datacenters().iter().cloned() {
+        let datacenters = shared.view.datacenters();
+        // An empty name: the local datacenter is not known yet.
+        for dc in datacenters.iter().filter(|dc| !dc.is_empty()).cloned() {
             let client = Arc::clone(&shared.client);
             probes.spawn(async move {
                 let result = client.probe(&dc, timeout).await;

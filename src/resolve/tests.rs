@@ -1082,6 +1082,28 @@ fn stale_data_is_used_and_flagged_unknown_data_is_not() {
     view.stale.insert("dc1".into());
     let a = answer(&r, &view, "grafana.query.consul.", RecordType::A);
     assert_eq!((a.datacenter.as_deref(), a.stale), (Some("dc1"), true));
+    assert_eq!(
+        a.extended_error.as_ref().map(|e| e.0),
+        Some(EDE_STALE_ANSWER)
+    );
+    // Passed over on stale data: the failover answer is flagged too, and
+    // the text names the datacenter that did not answer.
+    let healthy = view.services[&("dc1".to_owned(), "grafana".to_owned())].clone();
+    view.set(
+        "dc1",
+        "grafana",
+        vec![instance("n", "10.1.0.1", CheckStatus::Critical)],
+    );
+    let a = answer(&r, &view, "grafana.query.consul.", RecordType::A);
+    assert_eq!((a.datacenter.as_deref(), a.stale), (Some("dc2"), true));
+    assert!(
+        a.extended_error
+            .as_ref()
+            .is_some_and(|e| e.1.contains("dc1")),
+        "{a:?}"
+    );
+    view.services
+        .insert(("dc1".into(), "grafana".into()), healthy);
     // Unknown (stale too long): no usable instance there, so failover.
     view.unknown.insert("dc1".into());
     let a = answer(&r, &view, "grafana.query.consul.", RecordType::A);
