@@ -421,22 +421,7 @@ impl Server {
     /// 30 s) until `/ready` says 200; panics with its log if it exits or
     /// never gets ready.
     pub fn start_with(net: Net, config: &str) -> Self {
-        let dir = tempfile::tempdir().expect("temporary directory");
-        let config_path = dir.path().join("consul-failover-dns.toml");
-        fs::write(&config_path, config).expect("write configuration");
-        let log = File::create(dir.path().join("server.log")).expect("create log");
-        let child = Command::new(env!("CARGO_BIN_EXE_consul-failover-dns"))
-            .arg("run")
-            .arg("-c")
-            .arg(&config_path)
-            .env("RUST_LOG", "warn,consul_failover_dns=info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("file clones"))
-            .stderr(log)
-            .spawn()
-            .expect("the server binary starts");
-        let mut server = Self { child, dir, net };
+        let mut server = Self::spawn_with(net, config);
         let ready = poll(Duration::from_secs(30), Duration::from_millis(20), || {
             if let Some(status) = server.child.try_wait().expect("child status") {
                 panic!(
