@@ -510,6 +510,15 @@ impl Config {
                 "must be at least 10ms, e.g. \"250ms\"".into(),
             ));
         }
+        if self.consul.watch_idle < Duration::from_secs(1) {
+            return Err(invalid(
+                "consul.watch_idle",
+                format!(
+                    "{} is too short: on-demand watches would stop between queries; use at least \"1s\", e.g. \"1h\"",
+                    duration::format(self.consul.watch_idle)
+                ),
+            ));
+        }
         if self.consul.max_watches == 0 {
             return Err(invalid("consul.max_watches", "must be at least 1".into()));
         }
@@ -717,6 +726,11 @@ mod tests {
             ("[dns]\ndomain = \"bad domain\"\n", "dns.domain"),
             ("[consul]\naddress = \"127.0.0.1:8500\"\n", "consul.address"),
             ("[admin]\nlisten = \"nowhere\"\n", "admin.listen"),
+            ("[consul]\nwatch_idle = \"0s\"\n", "consul.watch_idle"),
+            (
+                "[consul]\nprobe_interval = \"1ms\"\n",
+                "consul.probe_interval",
+            ),
             (
                 "[queries.defaults]\nmin_healthy = 0\n",
                 "queries.defaults.min_healthy",
