@@ -3,9 +3,11 @@
 //! Each (datacenter, service) pair has its own slot holding an immutable
 //! [`ServiceHealth`] snapshot. A watch that sees a change builds a new
 //! snapshot and stores it into its slot: readers load whole snapshots
-//! without locks, and an update to one service never rebuilds another.
-//! The map of slots is itself an immutable map swapped atomically; it only
-//! changes when a watch for a new pair starts, which is rare.
+//! without waiting for writers, and an update to one service never
+//! rebuilds another. The slots live in a sharded map (readers take a
+//! shard's read lock only to clone the slot's `Arc`), so starting the
+//! 30,000th watch costs what the first did. The per-datacenter catalogs,
+//! few, sit in an immutable map swapped atomically.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -292,7 +294,9 @@ pub struct HealthView {
     /// Empty until learned from Consul.
     local: ArcSwap<String>,
     datacenters: ArcSwap<Vec<String>>,
-    services: ArcSwap<HashMap<ServiceKey, Arc<ServiceSlot>>>,
+    /// One slot per watched pair: a sharded map, so adding the 30,000th
+    /// watch costs what the first did.
+    services: DashMap<ServiceKey, Arc<ServiceSlot>>,
     catalogs: ArcSwap<HashMap<String, Slot<Catalog>>>,
     /// (datacenter, lower-cased node name) → the node.
     nodes: DashMap<(String, String), NodeEntry>,
@@ -311,7 +315,7 @@ impl std::fmt::Debug for HealthView {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HealthView")
             .field("local", &self.local.load())
-            .field("services", &self.services.load().len())
+            .field("services", &self.services.len())
             .finish_non_exhaustive()
     }
 }
@@ -322,7 +326,7 @@ impl HealthView {
         Self {
             local: ArcSwap::from_pointee(local.to_owned()),
             datacenters: ArcSwap::from_pointee(vec![local.to_owned()]),
-            services: ArcSwap::default(),
+            services: DashMap::new(),
             catalogs: ArcSwap::default(),
             nodes: DashMap::new(),
             unreachable: DashMap::new(),
@@ -354,7 +358,7 @@ impl HealthView {
 
     /// Whether a slot exists for the pair (a watch was started for it).
     pub fn has_service_slot(&self, key: &ServiceKey) -> bool {
-        self.services.load().contains_key(key)
+        self.services.contains_key(key)
     }
 
     /// Rebuilds one slot map under the writers' lock when `edit` says it
@@ -379,35 +383,29 @@ impl HealthView {
     /// Creates the slot for a pair if it does not exist yet; returns
     /// whether it was created.
     pub fn add_service_slot(&self, key: &ServiceKey) -> bool {
-        if self.services.load().contains_key(key) {
+        if self.services.contains_key(key) {
             return false;
         }
-        self.rebuild(&self.services, |map| {
-            // Another writer may have added it since the check above.
-            if map.contains_key(key) {
-                return false;
-            }
-            map.insert(
-                key.clone(),
-                Arc::new(ServiceSlot {
-                    data: ArcSwapOption::empty(),
-                    last_used: AtomicU64::new(self.now_ms()),
-                    failing_since: AtomicU64::new(0),
-                }),
-            );
-            true
-        })
+        let mut created = false;
+        self.services.entry(key.clone()).or_insert_with(|| {
+            created = true;
+            Arc::new(ServiceSlot {
+                data: ArcSwapOption::empty(),
+                last_used: AtomicU64::new(self.now_ms()),
+                failing_since: AtomicU64::new(0),
+            })
+        });
+        created
+    }
+
+    /// The slot of a pair, out of the map's lock.
+    fn slot(&self, key: &ServiceKey) -> Option<Arc<ServiceSlot>> {
+        self.services.get(key).map(|slot| Arc::clone(&slot))
     }
 
     /// Removes a pair's slot (its watch stopped).
     pub fn remove_service_slot(&self, key: &ServiceKey) {
-        let mut removed = None;
-        if self.services.load().contains_key(key) {
-            self.rebuild(&self.services, |map| {
-                removed = map.remove(key);
-                removed.is_some()
-            });
-        }
+        let removed = self.services.remove(key).map(|(_, slot)| slot);
         if let Some(old) = removed.and_then(|slot| slot.data.load_full()) {
             self.index_nodes(key, Some(&old), None);
         }
@@ -416,7 +414,7 @@ impl HealthView {
     /// Stores a new snapshot for a pair, creating its slot if needed.
     pub fn apply_service(&self, key: &ServiceKey, health: ServiceHealth) {
         self.add_service_slot(key);
-        if let Some(slot) = self.services.load().get(key) {
+        if let Some(slot) = self.slot(key) {
             let health = Arc::new(health);
             let old = slot.data.swap(Some(Arc::clone(&health)));
             self.index_nodes(key, old.as_deref(), Some(&health));
@@ -491,7 +489,7 @@ impl HealthView {
 
     /// Records whether the watch of a pair fails (its data then ages).
     pub fn set_failing(&self, key: &ServiceKey, failing: bool) {
-        if let Some(slot) = self.services.load().get(key) {
+        if let Some(slot) = self.slot(key) {
             if !failing {
                 slot.failing_since.store(0, Ordering::Relaxed);
             } else if slot.failing_since.load(Ordering::Relaxed) == 0 {
@@ -503,7 +501,7 @@ impl HealthView {
 
     /// How long ago an answer last read the pair (`None`: no slot).
     pub fn idle_for(&self, key: &ServiceKey) -> Option<Duration> {
-        let slot = Arc::clone(self.services.load().get(key)?);
+        let slot = self.slot(key)?;
         let last = slot.last_used.load(Ordering::Relaxed);
         Some(Duration::from_millis(self.now_ms().saturating_sub(last)))
     }
@@ -532,7 +530,7 @@ impl HealthView {
 
     /// Every pair that has a slot, synced or not.
     pub fn service_keys(&self) -> Vec<ServiceKey> {
-        self.services.load().keys().cloned().collect()
+        self.services.iter().map(|entry| entry.key().clone()).collect()
     }
 
     /// Waits until the view next changes. Register interest first with
@@ -553,8 +551,7 @@ impl HealthLookup for HealthView {
 
     fn service(&self, datacenter: &str, service: &str) -> Data<Arc<ServiceHealth>> {
         let key = ServiceKey::new(datacenter, service);
-        let services = self.services.load();
-        let Some(slot) = services.get(&key) else {
+        let Some(slot) = self.slot(&key) else {
             return Data::Pending;
         };
         // Reading marks the pair used; write only when the stamp moved, so
@@ -578,7 +575,6 @@ impl HealthLookup for HealthView {
         let unreachable = self.unreachable.get(datacenter).map_or(0, |since| *since);
         let failing = self
             .services
-            .load()
             .get(&ServiceKey::new(datacenter, service))
             .map_or(0, |slot| slot.failing_since.load(Ordering::Relaxed));
         // The data was last confirmed when the first of the two began.
