@@ -530,7 +530,10 @@ impl HealthView {
 
     /// Every pair that has a slot, synced or not.
     pub fn service_keys(&self) -> Vec<ServiceKey> {
-        self.services.iter().map(|entry| entry.key().clone()).collect()
+        self.services
+            .iter()
+            .map(|entry| entry.key().clone())
+            .collect()
     }
 
     /// Waits until the view next changes. Register interest first with
