@@ -29,7 +29,14 @@ const GAP: Duration = Duration::from_millis(5);
 
 fn main() {
     let smoke = common::smoke();
-    let (services, updates) = if smoke { (50, 20) } else { (10_000, 1_000) };
+    let (mut services, updates) = if smoke { (50, 20) } else { (10_000, 1_000) };
+    // SCALE_SERVICES overrides the number of services (to find a trend).
+    if let Some(n) = std::env::var("SCALE_SERVICES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        services = n;
+    }
     let runtime = common::runtime();
     let sim = common::start_sim(&runtime, &DATACENTERS);
     let loading = Instant::now();
