@@ -35,6 +35,23 @@ use tokio::runtime::Runtime;
 
 //------------ Programs -------------------------------------------------------
 
+/// Waits (at most 15 s) until the DNS server `name` started as `child`
+/// answers `consul. SOA` on `addr` (with an answer record if `served`);
+/// panics with `setup` if it exits or never answers.
+fn wait_answering(child: &mut Child, addr: SocketAddr, name: &str, served: bool, setup: &str) {
+    let probe = query("consul.", RecordType::SOA);
+    let up = poll(Duration::from_secs(15), Duration::from_millis(50), || {
+        if let Some(status) = child.try_wait().expect("child status") {
+            panic!("{name} exited with {status} (its log follows)\n{setup}");
+        }
+        try_udp(addr, &probe, Duration::from_millis(500))
+            .filter(|reply| !served || !reply.answers.is_empty())
+    });
+    if up.is_none() {
+        panic!("{name} did not answer consul. within 15 s (its log follows)");
+    }
+}
+
 /// How to install every program these tests talk to.
 pub const INSTALL_HINT: &str =
     "apt-get install -y bind9-dnsutils unbound dnsmasq-base knot dnsperf curl";
@@ -930,16 +947,7 @@ forward-zone:
             .spawn()
             .expect("unbound starts");
         let mut unbound = Self { child, dir, addr };
-        let probe = query("consul.", RecordType::SOA);
-        let up = poll(Duration::from_secs(15), Duration::from_millis(50), || {
-            if let Some(status) = unbound.child.try_wait().expect("child status") {
-                panic!("unbound exited with {status} (its log follows)\nconfig:\n{config}");
-            }
-            try_udp(addr, &probe, Duration::from_millis(500))
-        });
-        if up.is_none() {
-            panic!("unbound did not answer within 15 s (its log follows)");
-        }
+        wait_answering(&mut unbound.child, addr, "unbound", false, &config);
         unbound
     }
 
@@ -1327,17 +1335,7 @@ zone:
             .spawn()
             .expect("knotd starts");
         let mut knot = Self { child, dir };
-        let probe = query("consul.", RecordType::SOA);
-        let up = poll(Duration::from_secs(15), Duration::from_millis(50), || {
-            if let Some(status) = knot.child.try_wait().expect("child status") {
-                panic!("knotd exited with {status} (its log follows)\nconfig:\n{config}");
-            }
-            try_udp(dns, &probe, Duration::from_millis(500))
-                .filter(|reply| !reply.answers.is_empty())
-        });
-        if up.is_none() {
-            panic!("knotd did not serve consul. within 15 s (its log follows)");
-        }
+        wait_answering(&mut knot.child, dns, "knotd", true, &config);
         knot
     }
 
@@ -1414,16 +1412,13 @@ impl Dnsmasq {
             .stderr(log);
         let child = command.spawn().expect("dnsmasq starts");
         let mut dnsmasq = Self { child, dir, addr };
-        let probe = query("consul.", RecordType::SOA);
-        let up = poll(Duration::from_secs(15), Duration::from_millis(50), || {
-            if let Some(status) = dnsmasq.child.try_wait().expect("child status") {
-                panic!("dnsmasq exited with {status} (its log follows)\n{command:?}");
-            }
-            try_udp(addr, &probe, Duration::from_millis(500))
-        });
-        if up.is_none() {
-            panic!("dnsmasq did not answer within 15 s (its log follows)");
-        }
+        wait_answering(
+            &mut dnsmasq.child,
+            addr,
+            "dnsmasq",
+            false,
+            &format!("{command:?}"),
+        );
         dnsmasq
     }
 
