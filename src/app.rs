@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::admin::{self, AdminState};
 use crate::config::Config;
 use crate::consul::{ConsulClient, Watcher};
-use crate::dns::{self, DnsHandler, WatchDemand, WireSettings};
+use crate::dns::{self, DnsHandler, UdpMode, WatchDemand, WireSettings};
 use crate::health::{HealthLookup, HealthView, ServiceKey};
 use crate::metrics::Metrics;
 use crate::prepared::{Definition, PreparedQueries, Settings, uses_peers};
@@ -41,7 +41,7 @@ pub struct Running {
     pub admin: Option<SocketAddr>,
     /// The health view (for the demo's narration and for tests).
     pub view: Arc<HealthView>,
-    server: hickory_server::Server<DnsHandler>,
+    listeners: dns::Listeners,
     shutdown: CancellationToken,
     reloader: Arc<Reloader>,
 }
@@ -79,6 +79,8 @@ impl Reloader {
         self.resolver.store(Arc::new(resolver));
         self.wire.set(wire_settings(&config));
         self.view.set_max_stale(config.consul.max_stale);
+        // Answers cached by the UDP fast path were built with the old ones.
+        self.view.invalidate_answers();
         self.watcher.set_max_watches(config.consul.max_watches);
         self.watcher.set_watch_idle(config.consul.watch_idle);
         if !self.view.local_datacenter().is_empty() {
@@ -189,8 +191,10 @@ impl Running {
     /// Serves until `shutdown` is cancelled, then stops every task.
     pub async fn wait(mut self) -> anyhow::Result<()> {
         self.shutdown.cancelled().await;
-        self.server.shutdown_token().cancel();
-        self.server
+        self.listeners.stop_fast_path();
+        self.listeners.server.shutdown_token().cancel();
+        self.listeners
+            .server
             .block_until_done()
             .await
             .context("DNS server stopped with an error")?;
@@ -268,8 +272,14 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         wire_settings(&config),
     );
     let wire = handler.wire();
-    let (server, dns) =
-        dns::serve(handler, &config.dns.listen, config.dns.tcp_idle_timeout).await?;
+    let listeners = dns::serve(
+        handler,
+        &config.dns.listen,
+        config.dns.tcp_idle_timeout,
+        UdpMode::from_switch(config.dns.udp_fast_path),
+    )
+    .await?;
+    let dns = listeners.bound.clone();
 
     let admin = if config.admin.listen.is_empty() {
         None
@@ -320,7 +330,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         dns,
         admin,
         view,
-        server,
+        listeners,
         shutdown,
         reloader,
     })
@@ -473,6 +483,7 @@ async fn follow_prepared(
             tracing::info!(count = set.len(), "prepared queries loaded from Consul");
             let set = Arc::new(set);
             resolver.rcu(|current| current.with_prepared(Arc::clone(&set)));
+            view.invalidate_answers();
         }
         watch_datacenters(&view, &watcher, &metrics);
         watcher.set_pinned(pinned_watches(&resolver.load(), &view));

@@ -105,6 +105,9 @@ pub struct DnsConfig {
     pub tcp_max_connections: usize,
     /// Where other names in the zone go (empty: NXDOMAIN).
     pub upstream: String,
+    /// Serve UDP with the fast path (a thread and socket per core, batched
+    /// system calls, cached responses); `false`: hickory-server's loop.
+    pub udp_fast_path: bool,
 }
 
 impl Default for DnsConfig {
@@ -121,6 +124,7 @@ impl Default for DnsConfig {
             tcp_idle_timeout: Duration::from_secs(10),
             tcp_max_connections: 1024,
             upstream: String::new(),
+            udp_fast_path: true,
         }
     }
 }

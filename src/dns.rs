@@ -13,7 +13,7 @@ use hickory_proto::op::{
 };
 use hickory_proto::rr::rdata::opt::{EdnsCode, EdnsOption};
 use hickory_proto::rr::{Record, RecordType};
-use hickory_proto::serialize::binary::{BinEncoder, NameEncoding};
+use hickory_proto::serialize::binary::{BinEncodable, BinEncoder, NameEncoding};
 use hickory_server::Server;
 use hickory_server::net::runtime::Time;
 use hickory_server::net::xfer::Protocol;
@@ -21,9 +21,9 @@ use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseI
 use hickory_server::zone_handler::MessageResponseBuilder;
 use tokio::net::{TcpListener, UdpSocket};
 
-use crate::health::{HealthView, ServiceKey};
+use crate::health::{HealthLookup, HealthView, ServiceKey};
 use crate::metrics::Metrics;
-use crate::resolve::{Answer, Context, EDE_OTHER, Kind, Outcome, Question, Resolver};
+use crate::resolve::{Answer, Context, EDE_OTHER, Kind, Needs, Outcome, Question, Resolver};
 use crate::upstream::{EDE_NO_REACHABLE_AUTHORITY, Upstream};
 
 /// The EDNS option code of Extended DNS Errors (RFC 8914).
@@ -72,6 +72,16 @@ impl From<Answer> for Reply {
     }
 }
 
+/// One pass of the answer logic.
+enum Step {
+    /// The answer.
+    Done(Answer),
+    /// Data is missing; its watches are started.
+    Wait(Needs),
+    /// The name is relayed upstream.
+    Forward(Kind),
+}
+
 /// The protocol settings in force; a reload replaces them while the
 /// handler serves.
 pub struct Wire {
@@ -102,6 +112,7 @@ impl Wire {
 }
 
 /// The request handler shared by every listener.
+#[derive(Clone)]
 pub struct DnsHandler {
     resolver: Arc<ArcSwap<Resolver>>,
     view: Arc<HealthView>,
@@ -133,6 +144,48 @@ impl DnsHandler {
         Arc::clone(&self.wire)
     }
 
+    /// One pass of the answer logic over `view`: starts the watches the
+    /// answer or the question needs, without waiting for them.
+    fn step(&self, question: &Question, view: &impl HealthLookup, rng: &mut fastrand::Rng) -> Step {
+        let resolver = self.resolver.load();
+        let outcome = resolver.resolve(
+            question,
+            view,
+            &mut Context {
+                serial: unix_seconds(),
+                rng,
+                now: monotonic(),
+            },
+        );
+        match outcome {
+            Outcome::Answer(answer) => {
+                for key in &answer.warm {
+                    self.demand.ensure_service(key);
+                }
+                Step::Done(answer)
+            }
+            Outcome::Forward(kind) => Step::Forward(kind),
+            Outcome::Pending(needs) => {
+                for key in &needs.services {
+                    if !self.demand.ensure_service(key) {
+                        return Step::Done(Answer::servfail(
+                            needs.kind,
+                            EDE_OTHER,
+                            format!(
+                                "not watching {} in {}: the watch limit consul.max_watches is reached",
+                                key.service, key.datacenter
+                            ),
+                        ));
+                    }
+                }
+                for dc in &needs.catalogs {
+                    self.demand.ensure_catalog(dc);
+                }
+                Step::Wait(needs)
+            }
+        }
+    }
+
     /// Resolves, starting watches and waiting up to `first_answer_wait`
     /// for data that is not synced yet; then SERVFAIL with EDE "Not Ready".
     /// Names to forward are relayed to the upstream within the same time.
@@ -145,48 +198,18 @@ impl DnsHandler {
             let changed = self.view.changed();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            let serial = unix_seconds();
-            let resolver = self.resolver.load();
-            let needs = match resolver.resolve(
-                question,
-                &*self.view,
-                &mut Context {
-                    serial,
-                    rng: &mut rng,
-                    now: monotonic(),
-                },
-            ) {
-                Outcome::Answer(answer) => {
-                    for key in &answer.warm {
-                        self.demand.ensure_service(key);
-                    }
-                    return answer.into();
-                }
-                Outcome::Pending(needs) => needs,
-                Outcome::Forward(kind) => {
+            match self.step(question, &*self.view, &mut rng) {
+                Step::Done(answer) => return answer.into(),
+                Step::Forward(kind) => {
                     return self
                         .forward(question, kind, over_tcp, client_edns, deadline)
                         .await;
                 }
-            };
-            for key in &needs.services {
-                if !self.demand.ensure_service(key) {
-                    return Answer::servfail(
-                        needs.kind,
-                        EDE_OTHER,
-                        format!(
-                            "not watching {} in {}: the watch limit consul.max_watches is reached",
-                            key.service, key.datacenter
-                        ),
-                    )
-                    .into();
+                Step::Wait(needs) => {
+                    if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                        return Answer::not_ready(&needs).into();
+                    }
                 }
-            }
-            for dc in &needs.catalogs {
-                self.demand.ensure_catalog(dc);
-            }
-            if tokio::time::timeout_at(deadline, changed).await.is_err() {
-                return Answer::not_ready(&needs).into();
             }
         }
     }
@@ -347,20 +370,114 @@ fn largest_fitting(max: usize, fits: impl Fn(usize) -> bool) -> usize {
     low
 }
 
-#[async_trait::async_trait]
-impl RequestHandler for DnsHandler {
-    async fn handle_request<R: ResponseHandler, T: Time>(
+/// A response worked out for a request, ready to encode.
+pub(crate) enum Prepared {
+    /// An error with no records (NOTIMP, BADVERS, FORMERR).
+    Error {
+        /// The RCODE.
+        code: ResponseCode,
+        /// Our OPT record, if the request had one.
+        edns: Option<Edns>,
+    },
+    /// An answer of ours or a relayed one.
+    Answer(Box<Response>),
+}
+
+/// An answer with its header and OPT record, truncated for the transport.
+pub(crate) struct Response {
+    metadata: Metadata,
+    answer: Answer,
+    edns: Option<Edns>,
+}
+
+impl Prepared {
+    /// Whether the same request may get the same bytes until the view
+    /// changes: the answer depends on the view alone (not on the clock,
+    /// an upstream, stale data or watches still to start).
+    fn reusable(&self) -> bool {
+        match self {
+            Self::Error { .. } => false,
+            Self::Answer(response) => {
+                let a = &response.answer;
+                !a.stale
+                    && !a.volatile
+                    && a.extended_error.is_none()
+                    && a.warm.is_empty()
+                    && a.kind != Kind::OutOfZone
+            }
+        }
+    }
+}
+
+impl DnsHandler {
+    /// The question of a request that gets an answer, or the error it gets.
+    fn check(&self, request: &Request, settings: &WireSettings) -> Result<Question, Prepared> {
+        // RFC 6891 §6.1.1: answer an OPT with an OPT advertising our size.
+        let edns = our_edns(request, settings);
+        let code = if request.metadata.op_code != OpCode::Query {
+            ResponseCode::NotImp
+        } else if request.edns.as_ref().is_some_and(|e| e.version() > 0) {
+            // RFC 6891 §6.1.3.
+            ResponseCode::BADVERS
+        } else {
+            match request.request_info() {
+                Ok(info) => {
+                    let original = info.query.original();
+                    return Ok(Question {
+                        name: original.name().clone(),
+                        qtype: original.query_type(),
+                        qclass: original.query_class(),
+                    });
+                }
+                Err(_) => ResponseCode::FormErr,
+            }
+        };
+        Err(Prepared::Error { code, edns })
+    }
+
+    /// The response to a request, waiting for data or an upstream if the
+    /// answer needs them.
+    pub(crate) async fn prepare(&self, request: &Request) -> Prepared {
+        let settings = self.wire.get();
+        let question = match self.check(request, &settings) {
+            Ok(question) => question,
+            Err(error) => return error,
+        };
+        let udp = request.protocol() == Protocol::Udp;
+        let reply = self.answer(&question, !udp, request.edns.is_some()).await;
+        self.finish(request, &settings, reply)
+    }
+
+    /// The response to a request if one pass of the answer logic over
+    /// `view` gives it (no waiting, no relaying), with the answer before
+    /// truncation (to build rotations from).
+    fn prepare_now(
         &self,
         request: &Request,
-        mut response: R,
-    ) -> ResponseInfo {
+        view: &impl HealthLookup,
+    ) -> Option<(Prepared, Option<Answer>)> {
         let settings = self.wire.get();
-        // RFC 6891 §6.1.1: answer an OPT with an OPT advertising our size.
-        let mut edns = request.edns.as_ref().map(|_| {
-            let mut e = Edns::new();
-            e.set_max_payload(settings.udp_payload);
-            e
-        });
+        let question = match self.check(request, &settings) {
+            Ok(question) => question,
+            Err(error) => return Some((error, None)),
+        };
+        match self.step(&question, view, &mut fastrand::Rng::new()) {
+            Step::Done(answer) => {
+                let copy = answer.clone();
+                Some((self.finish(request, &settings, answer.into()), Some(copy)))
+            }
+            Step::Wait(_) | Step::Forward(_) => None,
+        }
+    }
+
+    /// Applies the protocol rules to an answer: header, Extended DNS
+    /// Error, the UDP answer limit and truncation to the client's size.
+    fn finish(&self, request: &Request, settings: &WireSettings, reply: Reply) -> Prepared {
+        let Reply {
+            mut answer,
+            upstream_authoritative,
+        } = reply;
+        let mut edns = our_edns(request, settings);
         let udp = request.protocol() == Protocol::Udp;
         let limit = match (&request.edns, udp) {
             (_, false) => usize::from(u16::MAX),
@@ -369,101 +486,172 @@ impl RequestHandler for DnsHandler {
             }
             (None, true) => PLAIN_UDP_LIMIT,
         };
-
-        let early = if request.metadata.op_code != OpCode::Query {
-            Some(ResponseCode::NotImp)
-        } else if request.edns.as_ref().is_some_and(|e| e.version() > 0) {
-            // RFC 6891 §6.1.3.
-            Some(ResponseCode::BADVERS)
-        } else {
-            None
+        let mut metadata = Metadata::response_from_request(&request.metadata);
+        metadata.response_code = answer.rcode;
+        metadata.authoritative = upstream_authoritative.unwrap_or(answer.kind != Kind::OutOfZone);
+        metadata.recursion_available = false;
+        if let (Some(e), Some((code, text))) = (edns.as_mut(), &answer.extended_error) {
+            let mut data = code.to_be_bytes().to_vec();
+            data.extend_from_slice(text.as_bytes());
+            e.options_mut()
+                .insert(EdnsOption::Unknown(EDNS_EXTENDED_ERROR, data));
+        }
+        if udp && settings.udp_answer_limit > 0 && answer.answers.len() > settings.udp_answer_limit
+        {
+            answer.answers.truncate(settings.udp_answer_limit);
+            metadata.truncation = true;
+        }
+        // RFC 2181 §9 and RFC 6891 §7: what does not fit goes, the OPT
+        // record stays, and TC is set when answers were cut.
+        let size = |answers: usize, additionals: usize| {
+            encoded_len(
+                &metadata,
+                request,
+                &answer.answers[..answers],
+                &answer.authorities,
+                &answer.additionals[..additionals],
+                edns.as_ref(),
+            )
         };
-        let info = request.request_info();
-        let sent = match (early, info) {
-            (Some(_), _) | (None, Err(_)) => {
-                let code = early.unwrap_or(ResponseCode::FormErr);
-                self.metrics.query(rcode_label(code), "invalid");
+        let (all_answers, all_additionals) = (answer.answers.len(), answer.additionals.len());
+        if size(all_answers, all_additionals) > limit {
+            if size(all_answers, 0) <= limit {
+                let keep = largest_fitting(all_additionals, |n| size(all_answers, n) <= limit);
+                answer.additionals.truncate(keep);
+            } else {
+                let keep = largest_fitting(all_answers, |n| size(n, 0) <= limit);
+                answer.answers.truncate(keep);
+                answer.additionals.clear();
+                metadata.truncation = true;
+            }
+        }
+        Prepared::Answer(Box::new(Response {
+            metadata,
+            answer,
+            edns,
+        }))
+    }
+
+    /// The counters one response moves.
+    fn counters(&self, prepared: &Prepared) -> Vec<prometheus::IntCounter> {
+        match prepared {
+            Prepared::Error { code, .. } => {
+                vec![self.metrics.query_counter(rcode_label(*code), "invalid")]
+            }
+            Prepared::Answer(response) => {
+                let answer = &response.answer;
+                let mut counters = vec![
+                    self.metrics
+                        .query_counter(rcode_label(answer.rcode), answer.kind.label()),
+                ];
+                if let (true, Some(dc)) = (answer.remote, &answer.datacenter) {
+                    counters.push(self.metrics.remote_counter(dc));
+                }
+                counters
+            }
+        }
+    }
+
+    /// Counts one response sent.
+    fn count(&self, prepared: &Prepared) {
+        if let Prepared::Answer(response) = prepared {
+            if response.answer.stale {
+                self.metrics.stale_answer();
+            }
+        }
+        for counter in self.counters(prepared) {
+            counter.inc();
+        }
+    }
+}
+
+/// Our OPT record for a request that had one.
+fn our_edns(request: &Request, settings: &WireSettings) -> Option<Edns> {
+    request.edns.as_ref().map(|_| {
+        let mut e = Edns::new();
+        e.set_max_payload(settings.udp_payload);
+        e
+    })
+}
+
+/// Encodes a response for UDP as hickory-server does: within our OPT
+/// payload size (512 without OPT), SERVFAIL if it cannot be encoded.
+fn encode_udp(request: &Request, prepared: &Prepared) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(512);
+    let mut encoder = BinEncoder::new(&mut bytes);
+    let result = match prepared {
+        Prepared::Error { code, edns } => {
+            encoder.set_max_size(edns.as_ref().map_or(512, Edns::max_payload));
+            let mut builder = MessageResponseBuilder::from_message_request(request);
+            if let Some(e) = edns {
+                builder.edns(e);
+            }
+            builder
+                .error_msg(&request.metadata, *code)
+                .destructive_emit(&mut encoder)
+        }
+        Prepared::Answer(response) => {
+            encoder.set_max_size(response.edns.as_ref().map_or(512, Edns::max_payload));
+            let mut builder = MessageResponseBuilder::from_message_request(request);
+            if let Some(e) = &response.edns {
+                builder.edns(e);
+            }
+            let answer = &response.answer;
+            builder
+                .build(
+                    response.metadata,
+                    answer.answers.iter(),
+                    answer.authorities.iter(),
+                    std::iter::empty(),
+                    answer.additionals.iter(),
+                )
+                .destructive_emit(&mut encoder)
+        }
+    };
+    if let Err(error) = result {
+        tracing::error!(%error, "cannot encode a DNS response; answering SERVFAIL");
+        let mut metadata = Metadata::response_from_request(&request.metadata);
+        metadata.response_code = ResponseCode::ServFail;
+        bytes.clear();
+        let mut encoder = BinEncoder::new(&mut bytes);
+        let header = Header {
+            metadata,
+            counts: Default::default(),
+        };
+        if header.emit(&mut encoder).is_err() {
+            bytes.clear();
+        }
+    }
+    bytes
+}
+
+#[async_trait::async_trait]
+impl RequestHandler for DnsHandler {
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        mut response: R,
+    ) -> ResponseInfo {
+        let prepared = self.prepare(request).await;
+        self.count(&prepared);
+        let sent = match &prepared {
+            Prepared::Error { code, edns } => {
                 let mut builder = MessageResponseBuilder::from_message_request(request);
-                if let Some(e) = &edns {
+                if let Some(e) = edns {
                     builder.edns(e);
                 }
                 response
-                    .send_response(builder.error_msg(&request.metadata, code))
+                    .send_response(builder.error_msg(&request.metadata, *code))
                     .await
             }
-            (None, Ok(info)) => {
-                let original = info.query.original();
-                let question = Question {
-                    name: original.name().clone(),
-                    qtype: original.query_type(),
-                    qclass: original.query_class(),
-                };
-                let Reply {
-                    mut answer,
-                    upstream_authoritative,
-                } = self.answer(&question, !udp, request.edns.is_some()).await;
-
-                let mut metadata = Metadata::response_from_request(&request.metadata);
-                metadata.response_code = answer.rcode;
-                metadata.authoritative =
-                    upstream_authoritative.unwrap_or(answer.kind != Kind::OutOfZone);
-                metadata.recursion_available = false;
-                if answer.stale {
-                    self.metrics.stale_answer();
-                }
-                if let (Some(e), Some((code, text))) = (edns.as_mut(), &answer.extended_error) {
-                    let mut data = code.to_be_bytes().to_vec();
-                    data.extend_from_slice(text.as_bytes());
-                    e.options_mut()
-                        .insert(EdnsOption::Unknown(EDNS_EXTENDED_ERROR, data));
-                }
-                if udp
-                    && settings.udp_answer_limit > 0
-                    && answer.answers.len() > settings.udp_answer_limit
-                {
-                    answer.answers.truncate(settings.udp_answer_limit);
-                    metadata.truncation = true;
-                }
-                // RFC 2181 §9 and RFC 6891 §7: what does not fit goes, the
-                // OPT record stays, and TC is set when answers were cut.
-                let size = |answers: usize, additionals: usize| {
-                    encoded_len(
-                        &metadata,
-                        request,
-                        &answer.answers[..answers],
-                        &answer.authorities,
-                        &answer.additionals[..additionals],
-                        edns.as_ref(),
-                    )
-                };
-                let (all_answers, all_additionals) =
-                    (answer.answers.len(), answer.additionals.len());
-                if size(all_answers, all_additionals) > limit {
-                    if size(all_answers, 0) <= limit {
-                        let keep =
-                            largest_fitting(all_additionals, |n| size(all_answers, n) <= limit);
-                        answer.additionals.truncate(keep);
-                    } else {
-                        let keep = largest_fitting(all_answers, |n| size(n, 0) <= limit);
-                        answer.answers.truncate(keep);
-                        answer.additionals.clear();
-                        metadata.truncation = true;
-                    }
-                }
-
-                self.metrics
-                    .query(rcode_label(answer.rcode), answer.kind.label());
-                if answer.remote {
-                    if let Some(dc) = &answer.datacenter {
-                        self.metrics.remote_answer(dc);
-                    }
-                }
+            Prepared::Answer(prepared) => {
                 let mut builder = MessageResponseBuilder::from_message_request(request);
-                if let Some(e) = &edns {
+                if let Some(e) = &prepared.edns {
                     builder.edns(e);
                 }
+                let answer = &prepared.answer;
                 let message = builder.build(
-                    metadata,
+                    prepared.metadata,
                     answer.answers.iter(),
                     answer.authorities.iter(),
                     std::iter::empty(),
@@ -497,27 +685,110 @@ pub struct ServeError {
     pub source: std::io::Error,
 }
 
-/// Binds UDP and TCP on every address and returns the running server.
+/// The DNS listeners of a running server.
+pub struct Listeners {
+    /// hickory-server: TCP always, UDP too when the fast path is off.
+    pub server: Server<DnsHandler>,
+    /// The addresses bound (UDP and TCP on each).
+    pub bound: Vec<SocketAddr>,
+    /// The UDP fast-path threads, when on.
+    fast: Vec<fast::FastPath>,
+}
+
+impl Listeners {
+    /// Stops the UDP fast-path threads (hickory-server stops through its
+    /// own shutdown token).
+    pub fn stop_fast_path(&mut self) {
+        for fast in self.fast.drain(..) {
+            fast.stop();
+        }
+    }
+}
+
+/// How UDP is served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UdpMode {
+    /// hickory-server's own UDP loop (`dns.udp_fast_path = false`).
+    Hickory,
+    /// The fast path with this many threads (and sockets) per address.
+    Fast(usize),
+}
+
+impl UdpMode {
+    /// The fast path with one thread per core, or hickory-server's loop.
+    pub fn from_switch(fast_path: bool) -> Self {
+        if fast_path {
+            Self::Fast(std::thread::available_parallelism().map_or(1, std::num::NonZero::get))
+        } else {
+            Self::Hickory
+        }
+    }
+}
+
+/// Binds the fast path's UDP sockets on `address`, making sure (for port
+/// 0) that TCP can have the same port.
+fn bind_fast(
+    address: SocketAddr,
+    threads: usize,
+) -> Result<(Vec<std::net::UdpSocket>, SocketAddr), ServeError> {
+    let mut attempts = 0;
+    loop {
+        let (sockets, local) = fast::bind(address, threads).map_err(|source| ServeError {
+            protocol: "UDP",
+            address,
+            source,
+        })?;
+        attempts += 1;
+        // A port picked by the kernel may be taken for TCP: pick again.
+        if address.port() != 0 || attempts >= 20 || std::net::TcpListener::bind(local).is_ok() {
+            return Ok((sockets, local));
+        }
+    }
+}
+
+/// Binds UDP and TCP on every address and returns the running listeners.
 pub async fn serve(
     handler: DnsHandler,
     listen: &[SocketAddr],
     tcp_idle_timeout: Duration,
-) -> Result<(Server<DnsHandler>, Vec<SocketAddr>), ServeError> {
+    udp: UdpMode,
+) -> Result<Listeners, ServeError> {
+    let shared = Arc::new(handler.clone());
     let mut server = Server::new(handler);
     let mut bound = Vec::new();
+    let mut fast = Vec::new();
     for address in listen {
-        let udp = UdpSocket::bind(address)
-            .await
-            .map_err(|source| ServeError {
-                protocol: "UDP",
-                address: *address,
-                source,
-            })?;
-        let local = udp.local_addr().map_err(|source| ServeError {
-            protocol: "UDP",
-            address: *address,
-            source,
-        })?;
+        let local =
+            match udp {
+                UdpMode::Hickory => {
+                    let socket = UdpSocket::bind(address)
+                        .await
+                        .map_err(|source| ServeError {
+                            protocol: "UDP",
+                            address: *address,
+                            source,
+                        })?;
+                    let local = socket.local_addr().map_err(|source| ServeError {
+                        protocol: "UDP",
+                        address: *address,
+                        source,
+                    })?;
+                    server.register_socket(socket);
+                    local
+                }
+                UdpMode::Fast(threads) => {
+                    let (sockets, local) = bind_fast(*address, threads)?;
+                    let runtime = tokio::runtime::Handle::current();
+                    fast.push(fast::FastPath::start(&shared, sockets, &runtime).map_err(
+                        |source| ServeError {
+                            protocol: "UDP",
+                            address: local,
+                            source,
+                        },
+                    )?);
+                    local
+                }
+            };
         // Port 0 binds TCP on the port UDP got.
         let tcp = TcpListener::bind(local)
             .await
@@ -526,12 +797,17 @@ pub async fn serve(
                 address: local,
                 source,
             })?;
-        server.register_socket(udp);
         server.register_listener(tcp, tcp_idle_timeout, 32);
         bound.push(local);
     }
-    Ok((server, bound))
+    Ok(Listeners {
+        server,
+        bound,
+        fast,
+    })
 }
+
+mod fast;
 
 #[cfg(test)]
 mod tests;

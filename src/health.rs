@@ -281,6 +281,10 @@ struct ServiceSlot {
     failing_since: AtomicU64,
 }
 
+/// A pair's slot, held to mark it used (see [`HealthView::touch`]).
+#[derive(Clone, Debug)]
+pub struct SlotUse(Arc<ServiceSlot>);
+
 /// The nodes index entry of one node.
 #[derive(Debug)]
 struct NodeEntry {
@@ -308,6 +312,9 @@ pub struct HealthView {
     /// Serialises the rare rebuilds of the slot maps.
     grow: Mutex<()>,
     changed: Notify,
+    /// Counts changes that can alter an answer; answers cached under one
+    /// value are reused only while it holds.
+    generation: AtomicU64,
     epoch: Instant,
 }
 
@@ -333,7 +340,45 @@ impl HealthView {
             max_stale_ms: AtomicU64::new(72 * 3600 * 1000),
             grow: Mutex::new(()),
             changed: Notify::new(),
+            generation: AtomicU64::new(0),
             epoch: Instant::now(),
+        }
+    }
+
+    /// Records a change: cached answers go, waiting queries look again.
+    fn bump(&self) {
+        self.generation.fetch_add(1, Ordering::Release);
+        self.changed.notify_waiters();
+    }
+
+    /// The change counter: an answer built after reading a value reflects
+    /// the view at least as of that value.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Drops every cached answer: for changes outside the view (a new
+    /// resolver or new DNS settings).
+    pub fn invalidate_answers(&self) {
+        self.bump();
+    }
+
+    /// A handle to mark a pair used without looking it up, for answers
+    /// reused from a cache.
+    pub fn slot_use(&self, key: &ServiceKey) -> Option<SlotUse> {
+        self.slot(key).map(SlotUse)
+    }
+
+    /// Marks pairs used, as reading them would.
+    pub fn touch(&self, uses: &[SlotUse]) {
+        if uses.is_empty() {
+            return;
+        }
+        let now = self.now_ms();
+        for SlotUse(slot) in uses {
+            if slot.last_used.load(Ordering::Relaxed) < now {
+                slot.last_used.store(now, Ordering::Relaxed);
+            }
         }
     }
 
@@ -345,14 +390,14 @@ impl HealthView {
     /// with an empty name answers nothing that needs it until then).
     pub fn set_local_datacenter(&self, local: &str) {
         self.local.store(Arc::new(local.to_owned()));
-        self.changed.notify_waiters();
+        self.bump();
     }
 
     /// Replaces the datacenter list (nearest first, local included).
     pub fn set_datacenters(&self, datacenters: Vec<String>) {
         if **self.datacenters.load() != datacenters {
             self.datacenters.store(Arc::new(datacenters));
-            self.changed.notify_waiters();
+            self.bump();
         }
     }
 
@@ -408,6 +453,7 @@ impl HealthView {
         let removed = self.services.remove(key).map(|(_, slot)| slot);
         if let Some(old) = removed.and_then(|slot| slot.data.load_full()) {
             self.index_nodes(key, Some(&old), None);
+            self.bump();
         }
     }
 
@@ -419,7 +465,7 @@ impl HealthView {
             let old = slot.data.swap(Some(Arc::clone(&health)));
             self.index_nodes(key, old.as_deref(), Some(&health));
         }
-        self.changed.notify_waiters();
+        self.bump();
     }
 
     /// Moves the nodes index from a pair's old snapshot to its new one.
@@ -467,6 +513,7 @@ impl HealthView {
             u64::try_from(max_stale.as_millis()).unwrap_or(u64::MAX),
             Ordering::Relaxed,
         );
+        self.bump();
     }
 
     /// Records a probe of `datacenter`'s Consul; returns whether its
@@ -482,7 +529,7 @@ impl HealthView {
             true
         };
         if changed {
-            self.changed.notify_waiters();
+            self.bump();
         }
         changed
     }
@@ -490,11 +537,14 @@ impl HealthView {
     /// Records whether the watch of a pair fails (its data then ages).
     pub fn set_failing(&self, key: &ServiceKey, failing: bool) {
         if let Some(slot) = self.slot(key) {
-            if !failing {
+            let was = slot.failing_since.load(Ordering::Relaxed);
+            if !failing && was != 0 {
                 slot.failing_since.store(0, Ordering::Relaxed);
-            } else if slot.failing_since.load(Ordering::Relaxed) == 0 {
+                self.bump();
+            } else if failing && was == 0 {
                 slot.failing_since
                     .store(self.now_ms().max(1), Ordering::Relaxed);
+                self.bump();
             }
         }
     }
@@ -525,7 +575,7 @@ impl HealthView {
         if let Some(slot) = self.catalogs.load().get(datacenter) {
             slot.store(Some(Arc::new(services)));
         }
-        self.changed.notify_waiters();
+        self.bump();
     }
 
     /// Every pair that has a slot, synced or not.

@@ -13,6 +13,7 @@ pub struct Metrics {
     watches: IntGauge,
     prepared_queries: IntGauge,
     stale_answers: prometheus::IntCounter,
+    cached_answers: prometheus::IntCounter,
 }
 
 impl Default for Metrics {
@@ -61,8 +62,14 @@ impl Metrics {
             "Answers served from stale data (their datacenter's Consul stopped answering).",
         )
         .expect("valid metric");
+        let cached_answers = prometheus::IntCounter::new(
+            "consul_dns_udp_cached_answers_total",
+            "UDP answers the fast path reused from its cache (also counted in consul_dns_queries_total).",
+        )
+        .expect("valid metric");
         for metric in [
-            Box::new(queries.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(cached_answers.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(queries.clone()),
             Box::new(remote_answers.clone()),
             Box::new(watch_errors.clone()),
             Box::new(watches.clone()),
@@ -79,12 +86,18 @@ impl Metrics {
             watches,
             prepared_queries,
             stale_answers,
+            cached_answers,
         }
     }
 
     /// Counts one answer served from stale data.
     pub fn stale_answer(&self) {
         self.stale_answers.inc();
+    }
+
+    /// Counts answers the UDP fast path reused from its cache.
+    pub fn cached_answers(&self, count: u64) {
+        self.cached_answers.inc_by(count);
     }
 
     /// Sets the number of prepared queries loaded.
@@ -96,6 +109,17 @@ impl Metrics {
     /// Counts one answered query.
     pub fn query(&self, rcode: &str, kind: &str) {
         self.queries.with_label_values(&[rcode, kind]).inc();
+    }
+
+    /// The counter [`Metrics::query`] increments, to hold and bump
+    /// without a label lookup.
+    pub fn query_counter(&self, rcode: &str, kind: &str) -> prometheus::IntCounter {
+        self.queries.with_label_values(&[rcode, kind])
+    }
+
+    /// The counter [`Metrics::remote_answer`] increments.
+    pub fn remote_counter(&self, datacenter: &str) -> prometheus::IntCounter {
+        self.remote_answers.with_label_values(&[datacenter])
     }
 
     /// Counts one answer served from a non-local datacenter.

@@ -97,6 +97,10 @@ pub struct Answer {
     /// Whether the data answered from is stale (its Consul stopped
     /// answering): flagged with Extended DNS Error 3.
     pub stale: bool,
+    /// Whether the answer depends on the clock as well as on the view
+    /// (`failback_after` holds it on a failover datacenter): it must be
+    /// worked out again for every query, never reused.
+    pub volatile: bool,
 }
 
 impl Answer {
@@ -133,6 +137,7 @@ impl Answer {
             extended_error: None,
             warm: Vec::new(),
             stale: false,
+            volatile: false,
         }
     }
 
@@ -667,7 +672,11 @@ impl Resolver {
             let candidate = held.as_ref().unwrap_or(&seen[at]);
             basis.extend(held.as_ref().map(|h| (h.position, h.stale)));
             let usable = usable_instances(&candidate.health.instances, def);
-            return answer_from(candidate.position, &basis, &usable, ctx);
+            let mut outcome = answer_from(candidate.position, &basis, &usable, ctx);
+            if let (Some(_), Outcome::Answer(answer)) = (&held, &mut outcome) {
+                answer.volatile = true;
+            }
+            return outcome;
         }
         // Below min_healthy everywhere: the first datacenter with anything
         // usable beats no answer.

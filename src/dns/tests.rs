@@ -35,12 +35,12 @@ fn instances(count: u8) -> Vec<Instance> {
 
 /// A served handler over a view holding `big` (100 instances) and `web`
 /// (2) in dc1, and `later` watched but never synced.
-async fn start(extra: &str) -> (SocketAddr, Server<DnsHandler>) {
+async fn start(extra: &str) -> (SocketAddr, Listeners) {
     start_waiting("200ms", extra).await
 }
 
 /// [`start`] with `dns.first_answer_wait` set to `wait`.
-async fn start_waiting(wait: &str, extra: &str) -> (SocketAddr, Server<DnsHandler>) {
+async fn start_waiting(wait: &str, extra: &str) -> (SocketAddr, Listeners) {
     let config = Config::from_toml_str(
         &format!(
             "[dns]\nfirst_answer_wait = \"{wait}\"\n{extra}\n[consul]\ndatacenter = \"dc1\"\n"
@@ -80,14 +80,15 @@ async fn start_waiting(wait: &str, extra: &str) -> (SocketAddr, Server<DnsHandle
             upstream: config.dns.upstream.parse().ok(),
         },
     );
-    let (server, bound) = serve(
+    let listeners = serve(
         handler,
         &["127.0.0.1:0".parse().unwrap()],
         Duration::from_secs(5),
+        UdpMode::from_switch(config.dns.udp_fast_path),
     )
     .await
     .unwrap();
-    (bound[0], server)
+    (listeners.bound[0], listeners)
 }
 
 fn query(name: &str, qtype: RecordType, edns: Option<u16>) -> Message {
