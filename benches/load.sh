@@ -2,12 +2,13 @@
 # The load benchmark (DESIGN §9, issue 6): the resolver against Knot DNS
 # serving the same names from a zone file, in the same run.
 #
-#   bash benches/load.sh            # full run, release binaries (~2 minutes)
+#   bash benches/load.sh            # full run, release binaries (~7 minutes)
 #   bash benches/load.sh --smoke    # a few seconds, low rates, checks (CI)
 #
 # Starts consul-sim (dc1 and dc2, each with SERVICES services × 3
 # instances, all passing), the resolver (`queries.implicit`, log level
-# warn) and knotd with a `consul.` zone holding exactly what the resolver
+# warn; its UDP fast path), a second resolver with `dns.udp_fast_path =
+# false` (hickory-server's UDP loop, shown as "hickory") and knotd with a `consul.` zone holding exactly what the resolver
 # answers for the benchmark names (read back from it with `dig`). Then,
 # per rate, runs dnsperf against the resolver and then against Knot, at a
 # ladder of fixed rates (-Q) and at saturation (no -Q), and prints per
@@ -16,9 +17,10 @@
 # dnsperf runs on the same cores as the servers. Loopback only; every
 # child is killed on exit.
 #
-# Environment: LOAD_NET (default 127.0.231: the resolver, consul-sim and
-# Knot listen on .1 and .2 of it), LOAD_RATES (the fixed-rate ladder),
-# LOAD_SECONDS / LOAD_SAT_SECONDS (dnsperf -l), SERVICES,
+# Environment: LOAD_NET (default 127.0.231: the resolver and consul-sim
+# listen on .1, Knot on .2, the hickory-path resolver on .3), LOAD_RATES (the fixed-rate ladder),
+# LOAD_SECONDS / LOAD_SAT_SECONDS (dnsperf -l), LOAD_REPEAT (rounds of
+# the whole ladder, pooled: default 3, 1 in --smoke), SERVICES,
 # KNOT_UDP_WORKERS (default: nproc, knotd's own default),
 # LOAD_PROFILE (release, or debug: the default in --smoke, which reuses
 # the binaries `cargo test` built), LOAD_NO_BUILD=1 (use target/PROFILE
@@ -53,18 +55,21 @@ if [ $smoke = 1 ]; then
   rates=${LOAD_RATES:-"2000"}
   seconds=${LOAD_SECONDS:-2}
   sat_seconds=${LOAD_SAT_SECONDS:-1}
+  repeat=${LOAD_REPEAT:-1}
 else
   profile=${LOAD_PROFILE:-release}
   services=${SERVICES:-100}
   rates=${LOAD_RATES:-"20000 40000 60000 80000 100000"}
   seconds=${LOAD_SECONDS:-6}
   sat_seconds=${LOAD_SAT_SECONDS:-10}
+  repeat=${LOAD_REPEAT:-3}
 fi
 net=${LOAD_NET:-127.0.231}
 knot_workers=${KNOT_UDP_WORKERS:-$(nproc)}
 clk_tck=$(getconf CLK_TCK)
 
 resolver_dns=$net.1:8600 admin=$net.1:8653
+hickory_dns=$net.3:8600 hickory_admin=$net.3:8653
 dc1=$net.1:8500 dc2=$net.1:8501
 knot_ip=$net.2 knot_port=8600
 
@@ -142,9 +147,12 @@ wait_for 15 "$sim_pid" consul-sim "$curl" -sf "http://$dc2/v1/catalog/services"
 
 #------------ the resolver ----------------------------------------------------
 
-cat >"$work/resolver.toml" <<EOF
+# resolver_config DNS ADMIN FAST_PATH
+resolver_config() {
+  cat <<EOF
 [dns]
-listen = ["$resolver_dns"]
+listen = ["$1"]
+udp_fast_path = $3
 
 [consul]
 address = "http://$dc1"
@@ -157,13 +165,21 @@ implicit = true
 failover = { datacenters = ["dc1", "dc2"] }
 
 [admin]
-listen = "$admin"
+listen = "$2"
 EOF
+}
+resolver_config "$resolver_dns" "$admin" true >"$work/resolver.toml"
+resolver_config "$hickory_dns" "$hickory_admin" false >"$work/hickory.toml"
 RUST_LOG=warn "$bin/consul-failover-dns" run -c "$work/resolver.toml" \
   >"$work/resolver.log" 2>&1 &
 resolver_pid=$!
 pids+=("$resolver_pid")
+RUST_LOG=warn "$bin/consul-failover-dns" run -c "$work/hickory.toml" \
+  >"$work/hickory.log" 2>&1 &
+hickory_pid=$!
+pids+=("$hickory_pid")
 wait_for 30 "$resolver_pid" "the resolver" "$curl" -sf "http://$admin/ready"
+wait_for 30 "$hickory_pid" "the hickory-path resolver" "$curl" -sf "http://$hickory_admin/ready"
 
 #------------ names -----------------------------------------------------------
 
@@ -185,14 +201,15 @@ positive_names=$(wc -l <"$work/positive.txt")
 
 # dig -f wants "name type" reversed to "name -t type"; this form works.
 sed 's/ \([A-Z]*\)$/ -t \1/' "$work/positive.txt" >"$work/dig.txt"
-dig_batch() {
-  timeout 60 "$dig" "@${resolver_dns%:*}" -p "${resolver_dns#*:}" +time=2 +tries=2 \
+dig_batch() { # dig_batch DNS
+  timeout 60 "$dig" "@${1%:*}" -p "${1#*:}" +time=2 +tries=2 \
     +noall +answer +additional +nocookie -f "$work/dig.txt"
 }
 # The first query for a service starts its watches; the second pass reads
 # the warm answers.
-dig_batch >/dev/null
-dig_batch >"$work/answers.txt"
+dig_batch "$resolver_dns" >/dev/null
+dig_batch "$hickory_dns" >/dev/null
+dig_batch "$resolver_dns" >"$work/answers.txt"
 
 #------------ Knot ------------------------------------------------------------
 
@@ -263,6 +280,8 @@ run() {
   local server=$1 rate=$2 secs=$3 ip port pid before after out
   if [ "$server" = resolver ]; then
     ip=${resolver_dns%:*} port=${resolver_dns#*:} pid=$resolver_pid
+  elif [ "$server" = hickory ]; then
+    ip=${hickory_dns%:*} port=${hickory_dns#*:} pid=$hickory_pid
   else
     ip=$knot_ip port=$knot_port pid=$knot_pid
   fi
@@ -292,43 +311,57 @@ echo
 echo "load benchmark: $services services × 3 instances in dc1 and dc2; $total_names names" \
   "($positive_names answered, $((total_names - positive_names)) NXDOMAIN);" \
   "Knot udp-workers $knot_workers; $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//');" \
-  "$profile binaries; dnsperf -c 4 -T 1 -q 200 on the same cores"
+  "$profile binaries; dnsperf -c 4 -T 1 -q 200 on the same cores; $repeat round(s) pooled"
 : >"$work/rows.txt"
 started=$SECONDS
-for rate in $rates; do
-  run resolver "$rate" "$seconds"
-  run knot "$rate" "$seconds"
+for ((round = 1; round <= repeat; round++)); do
+  for rate in $rates; do
+    run resolver "$rate" "$seconds"
+    run hickory "$rate" "$seconds"
+    run knot "$rate" "$seconds"
+  done
+  run resolver max "$sat_seconds"
+  run hickory max "$sat_seconds"
+  run knot max "$sat_seconds"
 done
-run resolver max "$sat_seconds"
-run knot max "$sat_seconds"
 
 #------------ report ----------------------------------------------------------
 
 awk -v tck="$clk_tck" -v smoke="$smoke" '
   function cpu_us(ticks, done) { return (done > 0 ? ticks * 1e6 / tck / done : 0) }
   {
-    server = $1; rate = $2; sent = $3; done = $4; lost = $5; qps = $6; ticks = $7
-    key = server SUBSEP rate
-    loss[key] = (sent > 0 ? 100 * lost / sent : 100)
-    achieved[key] = qps; us[key] = cpu_us(ticks, done); cores[key] = ticks / tck
-    nx[key] = (done > 0 ? 100 * $9 / done : 0); size[key] = $10
+    # Rounds are pooled: CPU over all answers, qps averaged, loss summed.
+    server = $1; rate = $2; key = server SUBSEP rate
+    runs[key]++; sent[key] += $3; done[key] += $4; lost[key] += $5; qsum[key] += $6
+    ticks[key] += $7; nxs[key] += $9; size[key] = $10
     if (!(rate in seen)) { seen[rate] = 1; order[++n] = rate }
-    if (rate != "max" && lost == 0 && qps > best[server]) best[server] = qps
   }
   END {
-    printf "\n%-9s %8s %10s %8s %8s %7s %8s %7s\n", "server", "rate", "qps", "loss %", "NXDOM %", "resp B", "CPU s", "µs/ans"
-    for (i = 1; i <= n; i++) for (s = 1; s <= 2; s++) {
-      server = s == 1 ? "resolver" : "knot"; key = server SUBSEP order[i]
+    for (key in runs) {
+      split(key, part, SUBSEP)
+      loss[key] = (sent[key] > 0 ? 100 * lost[key] / sent[key] : 100)
+      achieved[key] = qsum[key] / runs[key]; us[key] = cpu_us(ticks[key], done[key])
+      cores[key] = ticks[key] / tck / runs[key]
+      nx[key] = (done[key] > 0 ? 100 * nxs[key] / done[key] : 0)
+      if (part[2] != "max" && lost[key] == 0 && achieved[key] > best[part[1]]) best[part[1]] = achieved[key]
+    }
+    printf "\n%-9s %8s %10s %8s %8s %7s %8s %7s\n", "server", "rate", "qps", "loss %", "NXDOM %", "resp B", "CPU s/run", "µs/ans"
+    split("resolver hickory knot", servers, " ")
+    for (i = 1; i <= n; i++) for (s = 1; s <= 3; s++) {
+      server = servers[s]; key = server SUBSEP order[i]
       printf "%-9s %8s %10.0f %8.3f %8.1f %7d %8.2f %7.2f\n", server, order[i], achieved[key], loss[key], nx[key], size[key], cores[key], us[key]
     }
-    print "\nresolver / Knot (same run):"
-    for (i = 1; i <= n; i++) {
-      r = "resolver" SUBSEP order[i]; k = "knot" SUBSEP order[i]
-      printf "  CPU µs per answered query at %-6s: %6.2f / %6.2f = %.2f\n", order[i], us[r], us[k], (us[k] > 0 ? us[r] / us[k] : 0)
+    for (v = 1; v <= 2; v++) {
+      mine = servers[v]
+      printf "\n%s / Knot (same run):\n", mine
+      for (i = 1; i <= n; i++) {
+        r = mine SUBSEP order[i]; k = "knot" SUBSEP order[i]
+        printf "  CPU µs per answered query at %-6s: %6.2f / %6.2f = %.2f\n", order[i], us[r], us[k], (us[k] > 0 ? us[r] / us[k] : 0)
+      }
+      r = mine SUBSEP "max"; k = "knot" SUBSEP "max"
+      printf "  qps at saturation:                 %6.0f / %6.0f = %.2f\n", achieved[r], achieved[k], (achieved[k] > 0 ? achieved[r] / achieved[k] : 0)
+      printf "  qps at 0%% loss (highest fixed rate with no loss): %.0f / %.0f = %s\n", best[mine], best["knot"], (best["knot"] > 0 ? sprintf("%.2f", best[mine] / best["knot"]) : "n/a")
     }
-    r = "resolver" SUBSEP "max"; k = "knot" SUBSEP "max"
-    printf "  qps at saturation:                 %6.0f / %6.0f = %.2f\n", achieved[r], achieved[k], (achieved[k] > 0 ? achieved[r] / achieved[k] : 0)
-    printf "  qps at 0%% loss (highest fixed rate with no loss): %.0f / %.0f = %s\n", best["resolver"], best["knot"], (best["knot"] > 0 ? sprintf("%.2f", best["resolver"] / best["knot"]) : "n/a")
   }' "$work/rows.txt"
 echo "(dnsperf time $((SECONDS - started)) s; CLK_TCK $clk_tck)"
 

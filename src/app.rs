@@ -99,6 +99,14 @@ fn restart_keys(old: &Config, new: &Config) -> Vec<&'static str> {
     [
         ("dns.listen", old.dns.listen != new.dns.listen),
         (
+            "dns.udp_fast_path",
+            old.dns.udp_fast_path != new.dns.udp_fast_path,
+        ),
+        (
+            "dns.udp_threads",
+            old.dns.udp_threads != new.dns.udp_threads,
+        ),
+        (
             "dns.tcp_idle_timeout",
             old.dns.tcp_idle_timeout != new.dns.tcp_idle_timeout,
         ),
@@ -276,7 +284,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         handler,
         &config.dns.listen,
         config.dns.tcp_idle_timeout,
-        UdpMode::from_switch(config.dns.udp_fast_path),
+        UdpMode::from_config(config.dns.udp_fast_path, config.dns.udp_threads),
     )
     .await?;
     let dns = listeners.bound.clone();

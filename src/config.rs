@@ -75,6 +75,9 @@ pub struct Failover {
     pub datacenters: Vec<String>,
 }
 
+/// The most fast-path threads per listen address `dns.udp_threads` takes.
+const MAX_UDP_THREADS: usize = 256;
+
 /// `[dns]`.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -108,6 +111,9 @@ pub struct DnsConfig {
     /// Serve UDP with the fast path (a thread and socket per core, batched
     /// system calls, cached responses); `false`: hickory-server's loop.
     pub udp_fast_path: bool,
+    /// Fast-path threads (and sockets) per listen address; 0: one per
+    /// core.
+    pub udp_threads: usize,
 }
 
 impl Default for DnsConfig {
@@ -125,6 +131,7 @@ impl Default for DnsConfig {
             tcp_max_connections: 1024,
             upstream: String::new(),
             udp_fast_path: true,
+            udp_threads: 0,
         }
     }
 }
@@ -523,6 +530,12 @@ impl Config {
                 ),
             ));
         }
+        if self.dns.udp_threads > MAX_UDP_THREADS {
+            return Err(invalid(
+                "dns.udp_threads",
+                format!("must be at most {MAX_UDP_THREADS} (0: one per core)"),
+            ));
+        }
         if self.consul.max_watches == 0 {
             return Err(invalid("consul.max_watches", "must be at least 1".into()));
         }
@@ -731,6 +744,7 @@ mod tests {
             ("[consul]\naddress = \"127.0.0.1:8500\"\n", "consul.address"),
             ("[admin]\nlisten = \"nowhere\"\n", "admin.listen"),
             ("[consul]\nwatch_idle = \"0s\"\n", "consul.watch_idle"),
+            ("[dns]\nudp_threads = 100000\n", "dns.udp_threads"),
             (
                 "[consul]\nprobe_interval = \"1ms\"\n",
                 "consul.probe_interval",

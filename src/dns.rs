@@ -715,12 +715,15 @@ pub enum UdpMode {
 }
 
 impl UdpMode {
-    /// The fast path with one thread per core, or hickory-server's loop.
-    pub fn from_switch(fast_path: bool) -> Self {
-        if fast_path {
-            Self::Fast(std::thread::available_parallelism().map_or(1, std::num::NonZero::get))
-        } else {
-            Self::Hickory
+    /// The fast path with `threads` threads (0: one per core), or
+    /// hickory-server's loop.
+    pub fn from_config(fast_path: bool, threads: usize) -> Self {
+        match (fast_path, threads) {
+            (false, _) => Self::Hickory,
+            (true, 0) => {
+                Self::Fast(std::thread::available_parallelism().map_or(1, std::num::NonZero::get))
+            }
+            (true, n) => Self::Fast(n),
         }
     }
 }

@@ -84,7 +84,7 @@ async fn start_waiting(wait: &str, extra: &str) -> (SocketAddr, Listeners) {
         handler,
         &["127.0.0.1:0".parse().unwrap()],
         Duration::from_secs(5),
-        UdpMode::from_switch(config.dns.udp_fast_path),
+        UdpMode::from_config(config.dns.udp_fast_path, config.dns.udp_threads),
     )
     .await
     .unwrap();
