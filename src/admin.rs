@@ -14,16 +14,15 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::health::{Data, HealthLookup, HealthView, ServiceKey};
+use crate::health::{Data, HealthLookup, HealthView};
 use crate::metrics::Metrics;
 
 /// What the admin endpoint reports on.
 pub struct AdminState {
-    /// The health view.
-    pub view: Arc<HealthView>,
-    /// The watches that must have synced before `/ready` says 200: the
+    /// The health view. The watches that must have synced before `/ready`
+    /// says 200 are its required pairs ([`HealthView::set_required`]): the
     /// pinned ones (named by the configuration or prepared queries).
-    pub required_watches: Box<dyn Fn() -> Vec<ServiceKey> + Send + Sync>,
+    pub view: Arc<HealthView>,
     /// The prepared-query listing, when served: `/ready` waits for its
     /// first read.
     pub prepared: Option<PreparedListing>,
@@ -41,16 +40,17 @@ impl AdminState {
         if self.view.local_datacenter().is_empty() {
             return vec!["Consul (the local datacenter is not known yet)".to_owned()];
         }
-        let mut required = (self.required_watches)();
-        required.sort();
         let prepared = self
             .prepared
             .iter()
             .filter(|listing| listing.borrow().is_none())
             .map(|_| "the prepared queries".to_owned());
-        let services = required
+        // Sorted, and only the pending ones: a poll of a ready server with
+        // 30,000 pinned watches does not look at each of them.
+        let services = self
+            .view
+            .pending_required()
             .into_iter()
-            .filter(|k| self.view.service(&k.datacenter, &k.service) == Data::Pending)
             .map(|k| format!("service {} in {}", k.service, k.datacenter));
         let datacenters = self.view.datacenters();
         let catalogs = datacenters
@@ -134,4 +134,48 @@ pub async fn bind(address: SocketAddr) -> Result<TcpListener, std::io::Error> {
             format!("cannot listen for admin HTTP on {address}: {e}"),
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+    use crate::health::{ServiceHealth, ServiceKey};
+
+    #[test]
+    fn ready_waits_for_the_required_pairs_in_order_then_for_nothing() {
+        let view = Arc::new(HealthView::new("dc1"));
+        let state = AdminState {
+            view: Arc::clone(&view),
+            prepared: None,
+            metrics: Metrics::new(),
+        };
+        view.apply_catalog("dc1", HashSet::new());
+        assert!(state.pending().is_empty(), "nothing required");
+        let required: HashSet<ServiceKey> = [("dc2", "web"), ("dc1", "web"), ("dc1", "api")]
+            .iter()
+            .map(|(dc, s)| ServiceKey::new(dc, s))
+            .collect();
+        view.set_required(&required);
+        assert_eq!(
+            state.pending(),
+            [
+                "service api in dc1",
+                "service web in dc1",
+                "service web in dc2"
+            ]
+        );
+        view.apply_service(&ServiceKey::new("dc1", "web"), ServiceHealth::default());
+        view.apply_service(&ServiceKey::new("dc1", "other"), ServiceHealth::default());
+        assert_eq!(
+            state.pending(),
+            ["service api in dc1", "service web in dc2"]
+        );
+        view.apply_service(&ServiceKey::new("dc1", "api"), ServiceHealth::default());
+        view.apply_service(&ServiceKey::new("dc2", "web"), ServiceHealth::default());
+        assert!(state.pending().is_empty());
+        view.set_datacenters(vec!["dc1".into(), "dc2".into()]);
+        assert_eq!(state.pending(), ["catalog of dc2"]);
+    }
 }

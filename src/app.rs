@@ -297,10 +297,6 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         let bound = listener.local_addr()?;
         let state = Arc::new(AdminState {
             view: Arc::clone(&view),
-            required_watches: {
-                let watcher = Arc::clone(&watcher);
-                Box::new(move || watcher.pinned().into_iter().collect())
-            },
             prepared: listing.as_ref().map(watch::Sender::subscribe),
             metrics: metrics.clone(),
         });

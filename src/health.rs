@@ -9,10 +9,10 @@
 //! 30,000th watch costs what the first did. The per-datacenter catalogs,
 //! few, sit in an immutable map swapped atomically.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -279,6 +279,9 @@ struct ServiceSlot {
     /// Since when (ms since the epoch, at least 1) its watch fails; 0
     /// while it works.
     failing_since: AtomicU64,
+    /// Whether `/ready` waits for the pair (see
+    /// [`HealthView::set_required`]); changed under the `required` lock.
+    required: AtomicBool,
 }
 
 /// A pair's slot, held to mark it used (see [`HealthView::touch`]).
@@ -311,6 +314,12 @@ pub struct HealthView {
     max_stale_ms: AtomicU64,
     /// Serialises the rare rebuilds of the slot maps.
     grow: Mutex<()>,
+    /// The required pairs (see [`HealthView::set_required`]) that have no
+    /// data yet, no slot or an empty one. Kept as slots come, fill and go,
+    /// so `/ready` costs what the pending pairs cost, not what all do.
+    /// Every change of a slot's `required` flag, every slot's first data,
+    /// and every slot's creation and removal happen under this lock.
+    required: Mutex<BTreeSet<ServiceKey>>,
     changed: Notify,
     /// Counts changes that can alter an answer; answers cached under one
     /// value are reused only while it holds.
@@ -339,6 +348,7 @@ impl HealthView {
             unreachable: DashMap::new(),
             max_stale_ms: AtomicU64::new(72 * 3600 * 1000),
             grow: Mutex::new(()),
+            required: Mutex::new(BTreeSet::new()),
             changed: Notify::new(),
             generation: AtomicU64::new(0),
             epoch: Instant::now(),
@@ -413,10 +423,7 @@ impl HealthView {
         map: &ArcSwap<HashMap<K, Arc<V>>>,
         edit: impl FnOnce(&mut HashMap<K, Arc<V>>) -> bool,
     ) -> bool {
-        let _guard = self
-            .grow
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _guard = self.grow.lock().unwrap_or_else(PoisonError::into_inner);
         let mut next = HashMap::clone(&map.load());
         let changed = edit(&mut next);
         if changed {
@@ -431,6 +438,7 @@ impl HealthView {
         if self.services.contains_key(key) {
             return false;
         }
+        let pending = self.lock_required();
         let mut created = false;
         self.services.entry(key.clone()).or_insert_with(|| {
             created = true;
@@ -438,9 +446,44 @@ impl HealthView {
                 data: ArcSwapOption::empty(),
                 last_used: AtomicU64::new(self.now_ms()),
                 failing_since: AtomicU64::new(0),
+                // A required pair with no slot is pending.
+                required: AtomicBool::new(pending.contains(key)),
             })
         });
         created
+    }
+
+    /// The required pairs without data, whatever a panicking holder left.
+    fn lock_required(&self) -> MutexGuard<'_, BTreeSet<ServiceKey>> {
+        self.required.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Sets the pairs `/ready` waits for (the pinned watches), replacing
+    /// the previous set; [`pending_required`](Self::pending_required) then
+    /// tells which of them have no data yet. Costs a pass over the slots
+    /// and the keys; nothing else recomputes the set.
+    pub fn set_required(&self, keys: &HashSet<ServiceKey>) {
+        let mut pending = self.lock_required();
+        for slot in &self.services {
+            slot.required
+                .store(keys.contains(slot.key()), Ordering::Relaxed);
+        }
+        pending.retain(|key| keys.contains(key));
+        for key in keys {
+            let synced = self
+                .services
+                .get(key)
+                .is_some_and(|slot| slot.data.load().is_some());
+            if !synced && !pending.contains(key) {
+                pending.insert(key.clone());
+            }
+        }
+    }
+
+    /// The required pairs (see [`set_required`](Self::set_required)) that
+    /// have no data yet, sorted.
+    pub fn pending_required(&self) -> Vec<ServiceKey> {
+        self.lock_required().iter().cloned().collect()
     }
 
     /// The slot of a pair, out of the map's lock.
@@ -450,7 +493,17 @@ impl HealthView {
 
     /// Removes a pair's slot (its watch stopped).
     pub fn remove_service_slot(&self, key: &ServiceKey) {
-        let removed = self.services.remove(key).map(|(_, slot)| slot);
+        let removed = {
+            let mut pending = self.lock_required();
+            let removed = self.services.remove(key).map(|(_, slot)| slot);
+            if removed
+                .as_ref()
+                .is_some_and(|slot| slot.required.load(Ordering::Relaxed))
+            {
+                pending.insert(key.clone());
+            }
+            removed
+        };
         if let Some(old) = removed.and_then(|slot| slot.data.load_full()) {
             self.index_nodes(key, Some(&old), None);
             self.bump();
@@ -462,7 +515,23 @@ impl HealthView {
         self.add_service_slot(key);
         if let Some(slot) = self.slot(key) {
             let health = Arc::new(health);
-            let old = slot.data.swap(Some(Arc::clone(&health)));
+            let old = if slot.data.load().is_some() {
+                slot.data.swap(Some(Arc::clone(&health)))
+            } else {
+                // The first data: under the lock, so a required pair stops
+                // being pending with it.
+                let mut pending = self.lock_required();
+                let old = slot.data.swap(Some(Arc::clone(&health)));
+                let current = || {
+                    self.services
+                        .get(key)
+                        .is_some_and(|now| Arc::ptr_eq(&now, &slot))
+                };
+                if old.is_none() && slot.required.load(Ordering::Relaxed) && current() {
+                    pending.remove(key);
+                }
+                old
+            };
             self.index_nodes(key, old.as_deref(), Some(&health));
         }
         self.bump();
@@ -774,6 +843,116 @@ mod tests {
         view.remove_service_slot(&api);
         assert!(view.node("dc1", "node-b").is_none());
         assert_eq!(view.node_count(), 1);
+    }
+
+    fn keys(pairs: &[(&str, &str)]) -> HashSet<ServiceKey> {
+        pairs.iter().map(|(dc, s)| ServiceKey::new(dc, s)).collect()
+    }
+
+    /// The required pairs without data, computed the slow way: every
+    /// required pair looked up.
+    fn pending_by_lookup(view: &HealthView, required: &HashSet<ServiceKey>) -> Vec<ServiceKey> {
+        let mut pending: Vec<ServiceKey> = required
+            .iter()
+            .filter(|k| view.slot(k).is_none_or(|slot| slot.data.load().is_none()))
+            .cloned()
+            .collect();
+        pending.sort();
+        pending
+    }
+
+    #[test]
+    fn required_pairs_stay_pending_until_their_first_data() {
+        let view = HealthView::new("dc1");
+        let web1 = ServiceKey::new("dc1", "web");
+        let web2 = ServiceKey::new("dc2", "web");
+        let api1 = ServiceKey::new("dc1", "api");
+        assert!(view.pending_required().is_empty());
+        // A pair with data before it is required is not pending.
+        view.apply_service(&web1, ServiceHealth::default());
+        view.add_service_slot(&api1);
+        view.set_required(&keys(&[("dc1", "web"), ("dc2", "web"), ("dc1", "api")]));
+        assert_eq!(view.pending_required(), [api1.clone(), web2.clone()]);
+        // A slot for a required pair without one: still pending, until data.
+        view.add_service_slot(&web2);
+        assert_eq!(view.pending_required(), [api1.clone(), web2.clone()]);
+        view.apply_service(&web2, ServiceHealth::default());
+        assert_eq!(view.pending_required(), std::slice::from_ref(&api1));
+        // A second snapshot changes nothing.
+        view.apply_service(&web2, ServiceHealth::default());
+        assert_eq!(view.pending_required(), std::slice::from_ref(&api1));
+        view.apply_service(&api1, ServiceHealth::default());
+        assert!(view.pending_required().is_empty());
+        // A required pair whose slot goes is pending again; a new slot and
+        // data bring it back.
+        view.remove_service_slot(&web2);
+        assert_eq!(view.pending_required(), std::slice::from_ref(&web2));
+        view.add_service_slot(&web2);
+        view.apply_service(&web2, ServiceHealth::default());
+        assert!(view.pending_required().is_empty());
+        // Unrequired pairs come and go unseen.
+        view.set_required(&keys(&[("dc1", "web")]));
+        view.remove_service_slot(&web2);
+        view.remove_service_slot(&api1);
+        assert!(view.pending_required().is_empty());
+        view.set_required(&keys(&[("dc1", "web"), ("dc3", "db")]));
+        assert_eq!(view.pending_required(), [ServiceKey::new("dc3", "db")]);
+        view.set_required(&HashSet::new());
+        assert!(view.pending_required().is_empty());
+    }
+
+    #[test]
+    fn pending_required_pairs_match_a_lookup_of_each_after_random_changes() {
+        let mut rng = fastrand::Rng::with_seed(11);
+        let view = HealthView::new("dc1");
+        let all: Vec<ServiceKey> = ["dc1", "dc2"]
+            .iter()
+            .flat_map(|dc| (0..6).map(move |s| ServiceKey::new(dc, &format!("s{s}"))))
+            .collect();
+        let mut required = HashSet::new();
+        for _ in 0..3_000 {
+            let key = &all[rng.usize(..all.len())];
+            match rng.u8(..8) {
+                0 => {
+                    required = all.iter().filter(|_| rng.bool()).cloned().collect();
+                    view.set_required(&required);
+                }
+                1 | 2 => {
+                    view.add_service_slot(key);
+                }
+                3 => view.remove_service_slot(key),
+                _ => view.apply_service(key, ServiceHealth::default()),
+            }
+            assert_eq!(view.pending_required(), pending_by_lookup(&view, &required));
+        }
+    }
+
+    #[test]
+    fn first_data_racing_required_changes_leaves_no_pair_pending_wrongly() {
+        let view = Arc::new(HealthView::new("dc1"));
+        let all: Vec<ServiceKey> = (0..200)
+            .map(|s| ServiceKey::new("dc1", &format!("s{s}")))
+            .collect();
+        let required: HashSet<ServiceKey> = all.iter().cloned().collect();
+        for key in &all {
+            view.add_service_slot(key);
+        }
+        std::thread::scope(|scope| {
+            let writer = Arc::clone(&view);
+            let keys = &all;
+            scope.spawn(move || {
+                for key in keys {
+                    writer.apply_service(key, ServiceHealth::default());
+                }
+            });
+            for _ in 0..50 {
+                view.set_required(&HashSet::new());
+                view.set_required(&required);
+            }
+        });
+        // Whatever the interleaving, the data that came after the last
+        // `set_required` took its pairs out of the pending set.
+        assert!(view.pending_required().is_empty());
     }
 
     #[test]

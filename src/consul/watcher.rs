@@ -182,13 +182,17 @@ impl Watcher {
 
     /// Makes `keys` the pinned health watches: starts those not running
     /// and stops those pinned before but not now (a query that needs one
-    /// again starts it on demand).
+    /// again starts it on demand). They are the pairs the view's `/ready`
+    /// waits for ([`HealthView::set_required`]).
     pub fn set_pinned(&self, keys: HashSet<ServiceKey>) {
         for key in &keys {
             self.ensure_service(key);
         }
         let dropped: Vec<ServiceKey> = {
             let mut running = self.shared.running();
+            if running.pinned != keys {
+                self.shared.view.set_required(&keys);
+            }
             let old = std::mem::replace(&mut running.pinned, keys);
             old.into_iter()
                 .filter(|key| !running.pinned.contains(key))
@@ -1232,6 +1236,35 @@ mod tests {
         f.watcher.set_pinned(HashSet::new());
         assert!(!f.watcher.is_watching(&pinned));
         assert!(f.watcher.is_watching(&used));
+    }
+
+    #[tokio::test]
+    async fn pinned_watches_are_what_the_view_waits_for() {
+        let f = fixture(&["dc1"], |c| c).await;
+        testutil::register(&f.sim, "dc1", "n1", "10.0.0.1", "web", "passing");
+        let web = ServiceKey::new("dc1", "web");
+        let api = ServiceKey::new("dc1", "api");
+        f.sim.hang("dc1", true);
+        f.watcher.set_pinned([web.clone(), api.clone()].into());
+        assert_eq!(f.view.pending_required(), [api.clone(), web.clone()]);
+        assert!(f.watcher.demand_service(&ServiceKey::new("dc1", "loki")));
+        f.sim.hang("dc1", false);
+        eventually("the pinned watches sync", BOUND, || {
+            f.view.pending_required().is_empty()
+        })
+        .await;
+        // Unpinned, a pair is no longer waited for; pinned again, it is
+        // until its new watch answers.
+        f.watcher.set_pinned([web.clone()].into());
+        assert!(!f.watcher.is_watching(&api));
+        f.sim.hang("dc1", true);
+        f.watcher.set_pinned([web.clone(), api.clone()].into());
+        assert_eq!(f.view.pending_required(), std::slice::from_ref(&api));
+        f.sim.hang("dc1", false);
+        eventually("the new watch syncs", BOUND, || {
+            f.view.pending_required().is_empty()
+        })
+        .await;
     }
 
     #[tokio::test]

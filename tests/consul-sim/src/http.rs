@@ -485,25 +485,36 @@ impl Read {
             )
     }
 
-    /// Runs `run` as a blocking query: at once if `index` is 0 or the
-    /// result's index is past it, else when a relevant write moves it past,
-    /// the store is restored, or the wait (plus jitter) runs out.
-    async fn block<T>(&self, mut run: impl FnMut(&Store) -> (u64, T, Topic)) -> (u64, T) {
+    /// Runs a blocking query: at once if `index` is 0 or the result's
+    /// index (`index_of`) is past it, else when a relevant write (its
+    /// topic) moves it past, the store is restored, or the wait (plus
+    /// jitter) runs out. The result (`value_of`) is read under the same
+    /// lock as its index, and only when it is returned: a wake-up that
+    /// leaves the index where it was costs an index lookup, not a read.
+    async fn block<T>(
+        &self,
+        mut index_of: impl FnMut(&Store) -> (u64, Topic),
+        mut value_of: impl FnMut(&Store) -> T,
+    ) -> (u64, T) {
         let deadline =
             (self.opts.min_index > 0).then(|| Instant::now() + blocking_timeout(self.opts.wait));
         let mut abandoned = self.dc.abandoned();
         let mut abandon = false;
         loop {
             let ((index, value), mut changed) = self.dc.read(|s| {
-                let (index, value, topic) = run(s);
-                ((index.max(1), value), topic)
+                let (index, topic) = index_of(s);
+                let index = index.max(1);
+                let done = deadline.is_none_or(|deadline| {
+                    abandon || index > self.opts.min_index || Instant::now() >= deadline
+                });
+                ((index, done.then(|| value_of(s))), topic)
             });
-            let Some(deadline) = deadline else {
-                return (index, value);
-            };
-            if abandon || index > self.opts.min_index || Instant::now() >= deadline {
+            if let Some(value) = value {
                 return (index, value);
             }
+            let Some(deadline) = deadline else {
+                unreachable!("a read without an index is answered at once");
+            };
             tokio::select! {
                 _ = changed.changed() => {}
                 _ = abandoned.changed() => abandon = true,
@@ -744,11 +755,14 @@ async fn service_instances(
     let tags = req.params.all("tag");
     let node_meta = req.params.node_meta();
     let (index, mut nodes) = read
-        .block(|s| {
-            let mut nodes = s.check_service_nodes(name);
-            nodes.retain(|n| has_all_tags(&n.service.tags, &tags));
-            (s.service_read_index(name), nodes, service_topic(s, name))
-        })
+        .block(
+            |s| (s.service_read_index(name), service_topic(s, name)),
+            |s| {
+                let mut nodes = s.check_service_nodes(name);
+                nodes.retain(|n| has_all_tags(&n.service.tags, &tags));
+                nodes
+            },
+        )
         .await;
     if !node_meta.is_empty() {
         swap_retain(&mut nodes, |n| {
@@ -773,22 +787,23 @@ async fn catalog_services(sim: &Sim, req: &Req) -> Result<Reply, Reply> {
     let read = Read::start(sim, req).await?;
     let node_meta = req.params.node_meta();
     let (index, services) = read
-        .block(|s| {
-            let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-            for (node, svc) in s.services() {
-                if !node_meta.is_empty() && !query::meta_satisfied(node.meta.as_ref(), &node_meta) {
-                    continue;
+        .block(
+            |s| (s.services_read_index(!node_meta.is_empty()), Topic::Any),
+            |s| {
+                let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+                for (node, svc) in s.services() {
+                    if !node_meta.is_empty()
+                        && !query::meta_satisfied(node.meta.as_ref(), &node_meta)
+                    {
+                        continue;
+                    }
+                    out.entry(svc.service.clone())
+                        .or_default()
+                        .extend(svc.tags.iter().cloned());
                 }
-                out.entry(svc.service.clone())
-                    .or_default()
-                    .extend(svc.tags.iter().cloned());
-            }
-            (
-                s.services_read_index(!node_meta.is_empty()),
-                out,
-                Topic::Any,
-            )
-        })
+                out
+            },
+        )
         .await;
     Ok(read.reply(req, index, &services))
 }
@@ -798,14 +813,15 @@ async fn catalog_nodes(sim: &Sim, req: &Req) -> Result<Reply, Reply> {
     let read = Read::start(sim, req).await?;
     let node_meta = req.params.node_meta();
     let (index, mut nodes) = read
-        .block(|s| {
-            let nodes: Vec<_> = s
-                .nodes()
-                .filter(|n| query::meta_satisfied(n.meta.as_ref(), &node_meta))
-                .cloned()
-                .collect();
-            (s.nodes_read_index(), nodes, Topic::Any)
-        })
+        .block(
+            |s| (s.nodes_read_index(), Topic::Any),
+            |s| {
+                s.nodes()
+                    .filter(|n| query::meta_satisfied(n.meta.as_ref(), &node_meta))
+                    .cloned()
+                    .collect::<Vec<_>>()
+            },
+        )
         .await;
     if let Some(source) = near_source(req, &read.dc) {
         read.dc
@@ -834,13 +850,16 @@ fn coordinate_datacenters(sim: &Sim, req: &Req) -> Reply {
 async fn coordinate_nodes(sim: &Sim, req: &Req) -> Result<Reply, Reply> {
     let read = Read::start(sim, req).await?;
     let (index, coords) = read
-        .block(|s| {
-            let coords: Vec<Value> = s
-                .coordinates()
-                .map(|(n, c)| json!({"Node": n.node, "Segment": "", "Coord": c, "Partition": ""}))
-                .collect();
-            (s.coordinates_read_index(), coords, Topic::Any)
-        })
+        .block(
+            |s| (s.coordinates_read_index(), Topic::Any),
+            |s| {
+                s.coordinates()
+                    .map(|(n, c)| {
+                        json!({"Node": n.node, "Segment": "", "Coord": c, "Partition": ""})
+                    })
+                    .collect::<Vec<Value>>()
+            },
+        )
         .await;
     Ok(read.reply(req, index, &coords))
 }
@@ -990,10 +1009,10 @@ async fn query_create(sim: &Sim, req: &Req) -> Result<Reply, Reply> {
 async fn query_list(sim: &Sim, req: &Req) -> Result<Reply, Reply> {
     let read = Read::start(sim, req).await?;
     let (index, queries) = read
-        .block(|s| {
-            let queries: Vec<PreparedQuery> = s.queries().cloned().collect();
-            (s.queries_read_index(), queries, Topic::Any)
-        })
+        .block(
+            |s| (s.queries_read_index(), Topic::Any),
+            |s| s.queries().cloned().collect::<Vec<PreparedQuery>>(),
+        )
         .await;
     Ok(read.reply(req, index, &queries))
 }
@@ -1019,7 +1038,10 @@ async fn query_item(sim: &Sim, req: &Req, rest: &str) -> Result<Reply, Reply> {
             }
             let read = Read::start(sim, req).await?;
             let (index, query) = read
-                .block(|s| (s.queries_read_index(), s.query(id).cloned(), Topic::Any))
+                .block(
+                    |s| (s.queries_read_index(), Topic::Any),
+                    |s| s.query(id).cloned(),
+                )
                 .await;
             match query {
                 Some(q) => Ok(read.reply(req, index, &[q])),

@@ -47,6 +47,14 @@ pub struct Store {
     service_index: HashMap<String, u64>,
     nodes: BTreeMap<NodeKey, Node>,
     services: BTreeMap<(NodeKey, String), NodeService>,
+    /// The keys of `services` by lowercased service name, in the same
+    /// (node, service ID) order: a read of one service (and
+    /// [`has_service`](Self::has_service)) looks at that service's
+    /// instances only, not at every instance of the datacenter, as Consul's
+    /// `service` index does. Kept in step with `services` by
+    /// [`insert_service`](Self::insert_service) and
+    /// [`remove_service`](Self::remove_service); never holds an empty set.
+    instances_by_name: HashMap<String, BTreeSet<(NodeKey, String)>>,
     checks: BTreeMap<(NodeKey, String), HealthCheck>,
     coordinates: BTreeMap<NodeKey, Coordinate>,
     queries: BTreeMap<String, PreparedQuery>,
@@ -76,6 +84,7 @@ impl Store {
             service_index: HashMap::new(),
             nodes: BTreeMap::new(),
             services: BTreeMap::new(),
+            instances_by_name: HashMap::new(),
             checks: BTreeMap::new(),
             coordinates: BTreeMap::new(),
             queries: BTreeMap::new(),
@@ -214,13 +223,13 @@ impl Store {
             if old.as_ref() != Some(&svc) {
                 svc.modify_index = idx;
                 if let (Some(k), Some(o)) = (old_key, old) {
-                    self.services.remove(&k);
+                    self.remove_service(&k);
                     if key(&o.service) != key(&svc.service) {
                         self.after_service_removed(&o.service, idx);
                     }
                 }
                 let name = svc.service.clone();
-                self.services.insert((nk.clone(), svc.id.clone()), svc);
+                self.insert_service((nk.clone(), svc.id.clone()), svc);
                 self.services_index = idx;
                 self.nodes_index = idx;
                 self.touch_service(&name, idx);
@@ -231,6 +240,32 @@ impl Store {
             self.ensure_check(&nk, input, idx);
         }
         Ok(())
+    }
+
+    /// Stores a service instance under `k`, replacing any with that key.
+    fn insert_service(&mut self, k: (NodeKey, String), svc: NodeService) {
+        let name = key(&svc.service);
+        if let Some(old) = self.services.insert(k.clone(), svc) {
+            self.unindex_instance(&key(&old.service), &k);
+        }
+        self.instances_by_name.entry(name).or_default().insert(k);
+    }
+
+    /// Removes the service instance under `k`.
+    fn remove_service(&mut self, k: &(NodeKey, String)) -> Option<NodeService> {
+        let svc = self.services.remove(k)?;
+        self.unindex_instance(&key(&svc.service), k);
+        Some(svc)
+    }
+
+    /// Drops `k` from the instances of service `name` (lowercased).
+    fn unindex_instance(&mut self, name: &str, k: &(NodeKey, String)) {
+        if let Some(keys) = self.instances_by_name.get_mut(name) {
+            keys.remove(k);
+            if keys.is_empty() {
+                self.instances_by_name.remove(name);
+            }
+        }
     }
 
     /// The key of the service with ID `id` (case-insensitive) on a node.
@@ -314,12 +349,23 @@ impl Store {
         status: &str,
         output: Option<&str>,
     ) -> usize {
-        let matches: Vec<(NodeKey, String)> = self
-            .checks
-            .iter()
-            .filter(|((n, id), _)| id == check_id && node.is_none_or(|want| key(want) == *n))
-            .map(|(k, _)| k.clone())
-            .collect();
+        let matches: Vec<(NodeKey, String)> = match node {
+            // A node has at most one check with an ID: look it up.
+            Some(node) => {
+                let ck = (key(node), check_id.to_owned());
+                if self.checks.contains_key(&ck) {
+                    vec![ck]
+                } else {
+                    Vec::new()
+                }
+            }
+            None => self
+                .checks
+                .keys()
+                .filter(|(_, id)| id == check_id)
+                .cloned()
+                .collect(),
+        };
         if matches.is_empty() {
             return 0;
         }
@@ -397,7 +443,7 @@ impl Store {
     }
 
     fn delete_service(&mut self, nk: &NodeKey, service_id: &str, idx: u64) {
-        let Some(svc) = self.services.remove(&(nk.clone(), service_id.to_owned())) else {
+        let Some(svc) = self.remove_service(&(nk.clone(), service_id.to_owned())) else {
             return;
         };
         let check_ids: Vec<String> = self
@@ -500,8 +546,7 @@ impl Store {
 
     /// Whether any instance of the service `name` exists.
     pub fn has_service(&self, name: &str) -> bool {
-        let k = key(name);
-        self.services.values().any(|s| key(&s.service) == k)
+        self.instances_by_name.contains_key(&key(name))
     }
 
     fn catalog_max_index(&self, checks: bool) -> u64 {
@@ -580,11 +625,11 @@ impl Store {
     /// Every instance of service `name` with its node and checks (node-level
     /// checks first, then the instance's own), in (node, service ID) order.
     pub fn check_service_nodes(&self, name: &str) -> Vec<CheckServiceNode> {
-        let k = key(name);
-        self.services
-            .iter()
-            .filter(|(_, s)| key(&s.service) == k)
-            .map(|((nk, _), s)| self.check_service_node(nk, s))
+        self.instances_by_name
+            .get(&key(name))
+            .into_iter()
+            .flatten()
+            .filter_map(|k| Some(self.check_service_node(&k.0, self.services.get(k)?)))
             .collect()
     }
 
@@ -671,4 +716,180 @@ fn validate_service(input: &crate::model::ServiceInput) -> Result<NodeService, S
         create_index: 0,
         modify_index: 0,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ServiceInput;
+
+    fn registration(node: &str, id: &str, service: &str) -> RegisterRequest {
+        RegisterRequest {
+            node: Some(node.to_owned()),
+            address: Some("10.0.0.1".to_owned()),
+            service: Some(ServiceInput {
+                id: Some(id.to_owned()),
+                service: Some(service.to_owned()),
+                port: Some(80),
+                ..Default::default()
+            }),
+            check: Some(CheckInput {
+                check_id: Some(format!("{id}-health")),
+                status: Some("passing".to_owned()),
+                service_id: Some(id.to_owned()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// The instances of `name` found by scanning every instance, as the
+    /// store did before it had a per-name index.
+    fn scanned(store: &Store, name: &str) -> Vec<(NodeKey, String)> {
+        store
+            .services
+            .iter()
+            .filter(|(_, s)| key(&s.service) == key(name))
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    fn indexed(store: &Store, name: &str) -> Vec<(NodeKey, String)> {
+        store
+            .check_service_nodes(name)
+            .iter()
+            .map(|n| (key(&n.node.node), n.service.id.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn reads_by_name_find_the_instances_a_scan_finds_in_the_same_order() {
+        let mut store = Store::new("dc1");
+        for (node, id, service) in [
+            ("n2", "web", "web"),
+            ("n1", "web-b", "Web"),
+            ("n1", "web-a", "web"),
+            ("n3", "api", "api"),
+        ] {
+            store.register(&registration(node, id, service)).unwrap();
+        }
+        let want = [
+            ("n1".to_owned(), "web-a".to_owned()),
+            ("n1".to_owned(), "web-b".to_owned()),
+            ("n2".to_owned(), "web".to_owned()),
+        ];
+        assert_eq!(indexed(&store, "web"), want);
+        assert_eq!(indexed(&store, "WEB"), want, "names are case-insensitive");
+        assert_eq!(scanned(&store, "web"), want);
+        assert!(store.has_service("Api"));
+        assert!(!store.has_service("db"));
+        assert!(store.check_service_nodes("db").is_empty());
+        // Checks come with their instance.
+        let nodes = store.check_service_nodes("api");
+        assert_eq!(nodes[0].checks.len(), 1);
+        assert_eq!(nodes[0].checks[0].check_id, "api-health");
+    }
+
+    #[test]
+    fn the_name_index_follows_renames_deregistrations_and_snapshots() {
+        let mut store = Store::new("dc1");
+        store.register(&registration("n1", "s1", "web")).unwrap();
+        store.register(&registration("n2", "s1", "web")).unwrap();
+        // The same ID registered under another name moves the instance.
+        store.register(&registration("n1", "S1", "api")).unwrap();
+        assert_eq!(indexed(&store, "web"), [("n2".to_owned(), "s1".to_owned())]);
+        assert_eq!(indexed(&store, "api"), [("n1".to_owned(), "S1".to_owned())]);
+        let snapshot = store.clone();
+        store
+            .deregister(&DeregisterRequest {
+                node: Some("n2".to_owned()),
+                service_id: Some("s1".to_owned()),
+                ..Default::default()
+            })
+            .unwrap();
+        assert!(!store.has_service("web"), "the last instance went");
+        assert!(
+            !store.instances_by_name.contains_key("web"),
+            "no empty set kept"
+        );
+        store
+            .deregister(&DeregisterRequest {
+                node: Some("N1".to_owned()),
+                ..Default::default()
+            })
+            .unwrap();
+        assert!(
+            !store.has_service("api"),
+            "a deregistered node takes its instances"
+        );
+        assert!(store.instances_by_name.is_empty());
+        assert!(snapshot.has_service("web") && snapshot.has_service("api"));
+    }
+
+    #[test]
+    fn the_name_index_matches_a_scan_after_random_writes() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        let mut store = Store::new("dc1");
+        let names = ["web", "Web", "api", "db", "cache"];
+        for _ in 0..2_000 {
+            let node = format!("n{}", rng.usize(..6));
+            let id = format!("s{}", rng.usize(..4));
+            match rng.u8(..10) {
+                0 => {
+                    let request = DeregisterRequest {
+                        node: Some(node),
+                        ..Default::default()
+                    };
+                    store.deregister(&request).unwrap();
+                }
+                1..=3 => {
+                    let request = DeregisterRequest {
+                        node: Some(node),
+                        service_id: Some(id),
+                        ..Default::default()
+                    };
+                    store.deregister(&request).unwrap();
+                }
+                _ => {
+                    let name = names[rng.usize(..names.len())];
+                    store.register(&registration(&node, &id, name)).unwrap();
+                }
+            }
+            for name in names {
+                assert_eq!(indexed(&store, name), scanned(&store, name), "{name}");
+                assert_eq!(store.has_service(name), !scanned(&store, name).is_empty());
+            }
+            let total: usize = store.instances_by_name.values().map(BTreeSet::len).sum();
+            assert_eq!(total, store.services.len());
+        }
+    }
+
+    #[test]
+    fn a_check_update_on_one_node_touches_that_node_only() {
+        let mut store = Store::new("dc1");
+        store.register(&registration("n1", "web", "web")).unwrap();
+        store.register(&registration("n2", "web", "web")).unwrap();
+        let index = store.service_read_index("web");
+        assert_eq!(
+            store.update_check_status(Some("N1"), "web-health", "critical", None),
+            1
+        );
+        assert!(store.service_read_index("web") > index);
+        let status = |store: &Store, node: &str| {
+            store.checks[&(node.to_owned(), "web-health".to_owned())]
+                .status
+                .clone()
+        };
+        assert_eq!(status(&store, "n1"), "critical");
+        assert_eq!(status(&store, "n2"), "passing");
+        assert_eq!(
+            store.update_check_status(Some("n3"), "web-health", "critical", None),
+            0
+        );
+        assert_eq!(
+            store.update_check_status(None, "web-health", "warning", None),
+            2
+        );
+        assert_eq!(status(&store, "n2"), "warning");
+    }
 }
