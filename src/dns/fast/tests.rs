@@ -548,7 +548,7 @@ async fn rotations_give_every_instance_a_turn_first() {
 fn a_port_held_by_another_socket_is_an_error_not_shared() {
     let held = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let address = held.local_addr().unwrap();
-    let error = super::bind(address, 2).err().expect("bind must fail");
+    let error = super::bind(address, 2).expect_err("bind must fail");
     assert_eq!(error.kind(), std::io::ErrorKind::AddrInUse);
     // A free port: every socket shares it.
     let (sockets, bound) = super::bind("127.0.0.1:0".parse().unwrap(), 3).unwrap();
