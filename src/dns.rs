@@ -390,23 +390,15 @@ pub(crate) struct Response {
     edns: Option<Edns>,
 }
 
-impl Prepared {
-    /// Whether the same request may get the same bytes until the view
-    /// changes: the answer depends on the view alone (not on the clock,
-    /// an upstream, stale data or watches still to start).
-    fn reusable(&self) -> bool {
-        match self {
-            Self::Error { .. } => false,
-            Self::Answer(response) => {
-                let a = &response.answer;
-                !a.stale
-                    && !a.volatile
-                    && a.extended_error.is_none()
-                    && a.warm.is_empty()
-                    && a.kind != Kind::OutOfZone
-            }
-        }
-    }
+/// Whether the same request may get the same bytes until the view
+/// changes: the answer depends on the view alone (not on the clock, an
+/// upstream, stale data or watches still to start).
+fn reusable(answer: &Answer) -> bool {
+    !answer.stale
+        && !answer.volatile
+        && answer.extended_error.is_none()
+        && answer.warm.is_empty()
+        && answer.kind != Kind::OutOfZone
 }
 
 impl DnsHandler {
@@ -450,7 +442,7 @@ impl DnsHandler {
 
     /// The response to a request if one pass of the answer logic over
     /// `view` gives it (no waiting, no relaying), with the answer before
-    /// truncation (to build rotations from).
+    /// truncation when it may be reused (to build rotations from).
     fn prepare_now(
         &self,
         request: &Request,
@@ -463,8 +455,8 @@ impl DnsHandler {
         };
         match self.step(&question, view, &mut fastrand::Rng::new()) {
             Step::Done(answer) => {
-                let copy = answer.clone();
-                Some((self.finish(request, &settings, answer.into()), Some(copy)))
+                let copy = reusable(&answer).then(|| answer.clone());
+                Some((self.finish(request, &settings, answer.into()), copy))
             }
             Step::Wait(_) | Step::Forward(_) => None,
         }
@@ -728,12 +720,12 @@ impl UdpMode {
     }
 }
 
-/// Binds the fast path's UDP sockets on `address`, making sure (for port
-/// 0) that TCP can have the same port.
+/// Binds the fast path's UDP sockets on `address` and the TCP listener on
+/// the same port (for port 0, a port free for both).
 fn bind_fast(
     address: SocketAddr,
     threads: usize,
-) -> Result<(Vec<std::net::UdpSocket>, SocketAddr), ServeError> {
+) -> Result<(Vec<std::net::UdpSocket>, SocketAddr, TcpListener), ServeError> {
     let mut attempts = 0;
     loop {
         let (sockets, local) = fast::bind(address, threads).map_err(|source| ServeError {
@@ -742,9 +734,21 @@ fn bind_fast(
             source,
         })?;
         attempts += 1;
-        // A port picked by the kernel may be taken for TCP: pick again.
-        if address.port() != 0 || attempts >= 20 || std::net::TcpListener::bind(local).is_ok() {
-            return Ok((sockets, local));
+        let tcp = std::net::TcpListener::bind(local)
+            .and_then(|tcp| {
+                tcp.set_nonblocking(true)?;
+                TcpListener::from_std(tcp)
+            })
+            .map_err(|source| ServeError {
+                protocol: "TCP",
+                address: local,
+                source,
+            });
+        match tcp {
+            Ok(tcp) => return Ok((sockets, local, tcp)),
+            // A port picked by the kernel may be taken for TCP: pick again.
+            Err(_) if address.port() == 0 && attempts < 20 => {}
+            Err(error) => return Err(error),
         }
     }
 }
@@ -761,7 +765,7 @@ pub async fn serve(
     let mut bound = Vec::new();
     let mut fast = Vec::new();
     for address in listen {
-        let local =
+        let (local, tcp) =
             match udp {
                 UdpMode::Hickory => {
                     let socket = UdpSocket::bind(address)
@@ -777,10 +781,18 @@ pub async fn serve(
                         source,
                     })?;
                     server.register_socket(socket);
-                    local
+                    // Port 0 binds TCP on the port UDP got.
+                    let tcp = TcpListener::bind(local)
+                        .await
+                        .map_err(|source| ServeError {
+                            protocol: "TCP",
+                            address: local,
+                            source,
+                        })?;
+                    (local, tcp)
                 }
                 UdpMode::Fast(threads) => {
-                    let (sockets, local) = bind_fast(*address, threads)?;
+                    let (sockets, local, tcp) = bind_fast(*address, threads)?;
                     let runtime = tokio::runtime::Handle::current();
                     fast.push(fast::FastPath::start(&shared, sockets, &runtime).map_err(
                         |source| ServeError {
@@ -789,17 +801,9 @@ pub async fn serve(
                             source,
                         },
                     )?);
-                    local
+                    (local, tcp)
                 }
             };
-        // Port 0 binds TCP on the port UDP got.
-        let tcp = TcpListener::bind(local)
-            .await
-            .map_err(|source| ServeError {
-                protocol: "TCP",
-                address: local,
-                source,
-            })?;
         server.register_listener(tcp, tcp_idle_timeout, 32);
         bound.push(local);
     }

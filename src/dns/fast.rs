@@ -151,7 +151,8 @@ impl Worker {
         let mut receive = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
         let mut send = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
         let mut buffers = vec![[0u8; MAX_QUERY]; BATCH];
-        let mut received: Vec<(usize, SockaddrStorage)> = Vec::with_capacity(BATCH);
+        // Per buffer: its length and sender, `None` for a datagram to drop.
+        let mut received: Vec<Option<(usize, SockaddrStorage)>> = Vec::with_capacity(BATCH);
         let mut replies: Vec<Vec<u8>> = (0..BATCH).map(|_| Vec::with_capacity(1232)).collect();
         let mut destinations: Vec<Option<SockaddrStorage>> = Vec::with_capacity(BATCH);
         let mut cache = Cache::new();
@@ -173,13 +174,13 @@ impl Worker {
                     Ok(messages) => {
                         for message in messages {
                             // Oversized datagrams were cut: drop them.
-                            if message.flags.contains(MsgFlags::MSG_TRUNC) {
-                                received.push((0, SockaddrStorage::from(self.any())));
-                            } else if let Some(address) = message.address {
-                                received.push((message.bytes, address));
-                            } else {
-                                received.push((0, SockaddrStorage::from(self.any())));
-                            }
+                            let whole = !message.flags.contains(MsgFlags::MSG_TRUNC);
+                            received.push(
+                                message
+                                    .address
+                                    .filter(|_| whole)
+                                    .map(|address| (message.bytes, address)),
+                            );
                         }
                     }
                     Err(Errno::EAGAIN | Errno::EINTR) => continue,
@@ -198,7 +199,11 @@ impl Worker {
             destinations.clear();
             let mut used = 0;
             let mut hits = 0;
-            for (at, (length, address)) in received.iter().enumerate() {
+            for (at, (length, address)) in received
+                .iter()
+                .enumerate()
+                .filter_map(|(at, r)| r.as_ref().map(|r| (at, r)))
+            {
                 if *length < 12 {
                     continue;
                 }
@@ -242,15 +247,6 @@ impl Worker {
             if hits > 0 {
                 self.handler.metrics.cached_answers(hits);
             }
-        }
-    }
-
-    /// An unspecified address of the socket's family, for a slot that is
-    /// skipped.
-    fn any(&self) -> SocketAddr {
-        match self.socket.local_addr() {
-            Ok(SocketAddr::V6(_)) => SocketAddr::from(([0u16; 8], 0)),
-            _ => SocketAddr::from(([0u8; 4], 0)),
         }
     }
 
@@ -457,12 +453,12 @@ impl DnsHandler {
         self.count(&prepared);
         let bytes = encode_udp(&request, &prepared);
         let keep = match answer {
-            Some(answer) if prepared.reusable() && bytes.len() > 2 => {
+            Some(answer) if bytes.len() > 2 => {
                 let mut variants = vec![variant(&bytes, &answer)];
+                let settings = self.wire.get();
                 for turn in 1..rotations(&answer) {
                     let mut rotated = answer.clone();
                     rotated.answers.rotate_left(turn);
-                    let settings = self.wire.get();
                     let prepared = self.finish(&request, &settings, rotated.into());
                     variants.push(variant(&encode_udp(&request, &prepared), &answer));
                 }
