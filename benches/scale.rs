@@ -37,8 +37,12 @@ fn main() {
     {
         services = n;
     }
+    // HTTPS by default: Consul's HTTPS listener speaks HTTP/2, where one
+    // connection carries 200 watches; over HTTP/1.1 (SCALE_HTTP1=1) each
+    // watch needs a connection and Consul allows 200 per client.
+    let tls = std::env::var("SCALE_HTTP1").map_or(true, |v| v != "1");
     let runtime = common::runtime();
-    let sim = common::start_sim(&runtime, &DATACENTERS);
+    let sim = common::start_sim_with(&runtime, &DATACENTERS, tls);
     let loading = Instant::now();
     for (d, dc) in DATACENTERS.iter().enumerate() {
         for s in 0..services {
@@ -65,7 +69,8 @@ fn main() {
         .expect("write");
     }
     let consul = runtime.block_on(sim.url("dc1"));
-    let mut server = Server::spawn(&consul, &config);
+    let ca = sim.ca_pem();
+    let mut server = Server::spawn_with(&consul, ca.as_deref(), &config);
     let ready = server.wait_ready(Duration::from_secs(120));
     let pid = server.pid();
     // Let start-up work (first answers, metrics) finish.
@@ -100,9 +105,10 @@ fn main() {
     let per_update = ticks(busy.saturating_sub(idle)) / u32::try_from(updates).expect("count");
     let rss_after = rss_kib(pid);
     println!(
-        "scale: {services} services x {} DCs x {INSTANCES} instances, {} watches: \
+        "scale ({}): {services} services x {} DCs x {INSTANCES} instances, {} watches: \
          RSS {:.1} MiB after ready ({:.1} MiB after the changes), ready {:.2} s after start, \
          CPU per single-instance update {:.1} us ({} changes: {} ms busy, {} ms idle baseline)",
+        if tls { "HTTPS, HTTP/2" } else { "HTTP/1.1" },
         DATACENTERS.len(),
         services * DATACENTERS.len(),
         rss as f64 / 1024.0,

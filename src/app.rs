@@ -122,6 +122,11 @@ fn restart_keys(old: &Config, new: &Config) -> Vec<&'static str> {
         ("consul.stale", o.stale != n.stale),
         ("consul.timeout", o.timeout != n.timeout),
         (
+            "consul.max_connections",
+            o.max_connections != n.max_connections,
+        ),
+        ("consul.http2", o.http2 != n.http2),
+        (
             "consul.probe_interval",
             o.probe_interval != n.probe_interval,
         ),

@@ -77,6 +77,8 @@ pub struct Failover {
 
 /// The most fast-path threads per listen address `dns.udp_threads` takes.
 const MAX_UDP_THREADS: usize = 256;
+/// The most `consul.max_connections` accepted.
+const MAX_CONSUL_CONNECTIONS: usize = 10_000;
 
 /// `[dns]`.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
@@ -179,6 +181,12 @@ pub struct ConsulConfig {
     pub watch_idle: Duration,
     /// The most watches at once.
     pub max_watches: usize,
+    /// The most connections to one Consul address (scheme, host, port).
+    /// Keep it under Consul's `limits.http_max_conns_per_client` (200).
+    pub max_connections: usize,
+    /// Speak HTTP/2 to `https://` addresses (Consul's HTTPS listener does):
+    /// one connection then carries 200 blocking reads instead of one.
+    pub http2: bool,
     /// Answer remote-DC instances with their WAN addresses.
     pub translate_wan_addrs: bool,
     /// Direct addresses per datacenter.
@@ -199,6 +207,8 @@ impl Default for ConsulConfig {
             probe_interval: Duration::from_millis(250),
             watch_idle: Duration::from_secs(3600),
             max_watches: 10_000,
+            max_connections: 150,
+            http2: true,
             translate_wan_addrs: false,
             datacenters: Vec::new(),
         }
@@ -536,6 +546,12 @@ impl Config {
                 format!("must be at most {MAX_UDP_THREADS} (0: one per core)"),
             ));
         }
+        if !(1..=MAX_CONSUL_CONNECTIONS).contains(&self.consul.max_connections) {
+            return Err(invalid(
+                "consul.max_connections",
+                format!("must be 1 to {MAX_CONSUL_CONNECTIONS}"),
+            ));
+        }
         if self.consul.max_watches == 0 {
             return Err(invalid("consul.max_watches", "must be at least 1".into()));
         }
@@ -745,6 +761,7 @@ mod tests {
             ("[admin]\nlisten = \"nowhere\"\n", "admin.listen"),
             ("[consul]\nwatch_idle = \"0s\"\n", "consul.watch_idle"),
             ("[dns]\nudp_threads = 100000\n", "dns.udp_threads"),
+            ("[consul]\nmax_connections = 0\n", "consul.max_connections"),
             (
                 "[consul]\nprobe_interval = \"1ms\"\n",
                 "consul.probe_interval",

@@ -35,8 +35,16 @@ pub fn runtime() -> tokio::runtime::Runtime {
 
 /// Starts the simulator with `dcs` on free loopback ports.
 pub fn start_sim(runtime: &tokio::runtime::Runtime, dcs: &[&str]) -> Sim {
+    start_sim_with(runtime, dcs, false)
+}
+
+/// Starts the simulator with `dcs` on free loopback ports, serving HTTPS
+/// (HTTP/2 or HTTP/1.1, as a Consul agent's HTTPS listener) if `tls`.
+pub fn start_sim_with(runtime: &tokio::runtime::Runtime, dcs: &[&str], tls: bool) -> Sim {
     let any: SocketAddr = "127.0.0.1:0".parse().expect("address");
-    let builder = dcs.iter().fold(Sim::builder(), |b, dc| b.dc(dc, any));
+    let builder = dcs
+        .iter()
+        .fold(Sim::builder().tls(tls), |b, dc| b.dc(dc, any));
     runtime.block_on(builder.start()).expect("simulator starts")
 }
 
@@ -91,14 +99,28 @@ impl Server {
     /// Spawns `consul-failover-dns run -c FILE`; `config` gets `[dns]`,
     /// `[admin]` and `[log]` tables prepended.
     pub fn spawn(consul: &str, config: &str) -> Self {
+        Self::spawn_with(consul, None, config)
+    }
+
+    /// [`spawn`](Self::spawn), trusting the CA certificate `ca_pem` (PEM)
+    /// for an `https://` Consul.
+    pub fn spawn_with(consul: &str, ca_pem: Option<&str>, config: &str) -> Self {
         let dns: SocketAddr = (Ipv4Addr::LOCALHOST, free_port()).into();
         let admin: SocketAddr = (Ipv4Addr::LOCALHOST, free_port()).into();
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("config.toml");
+        let ca_file = match ca_pem {
+            Some(pem) => {
+                let ca = dir.path().join("consul-ca.pem");
+                std::fs::write(&ca, pem).expect("write the CA");
+                format!("ca_file = \"{}\"\n", ca.display())
+            }
+            None => String::new(),
+        };
         let text = format!(
             "[dns]\nlisten = [\"{dns}\"]\nttl = \"0s\"\n\n[admin]\nlisten = \"{admin}\"\n\n\
              [consul]\naddress = \"{consul}\"\ndatacenter = \"dc1\"\nwait = \"5m\"\n\
-             max_watches = 100000\n\n{config}"
+             max_watches = 100000\n{ca_file}\n{config}"
         );
         std::fs::write(&path, text).expect("write config");
         let log = std::fs::File::create(dir.path().join("log")).expect("log file");

@@ -12,6 +12,7 @@ use reqwest::Url;
 use reqwest::header::HeaderValue;
 use tokio::time::Instant;
 
+use super::transport::Transport;
 use super::{ConsulError, MAX_ERROR_BODY, api};
 use crate::config::{ConsulConfig, DEFAULT_CONSUL_ADDRESS};
 use crate::health::Instance;
@@ -25,6 +26,11 @@ pub const TRANSLATE_HEADER: &str = "X-Consul-Translate-Addresses";
 /// How long a direct datacenter address that failed at the network level
 /// is tried only after the others.
 pub const AVOID_FAILED_ADDRESS_FOR: Duration = Duration::from_secs(30);
+
+/// How often an idle HTTP/2 connection to Consul is pinged.
+const HTTP2_PING_EVERY: Duration = Duration::from_secs(30);
+/// How long a ping may go unanswered before the connection is dropped.
+const HTTP2_PING_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Formats a wait the way Consul parses it (Go's `time.ParseDuration`):
 /// whole seconds as `300s`, anything finer in milliseconds (`1500ms`).
@@ -63,8 +69,8 @@ struct Reply {
 /// remote datacenters. Cheap to share behind an `Arc`; every method is one
 /// request (or one per address tried).
 pub struct ConsulClient {
-    /// The HTTP client (rustls, connection pool).
-    http: reqwest::Client,
+    /// The HTTP clients (rustls), within Consul's connection limit.
+    transport: Transport,
     /// The local agent.
     agent: Url,
     /// Direct addresses per datacenter, tried before the agent.
@@ -151,35 +157,55 @@ impl ConsulClient {
             }
         }
         let token = load_token(config, &env)?;
-        let mut builder = reqwest::Client::builder()
-            .use_rustls_tls()
-            .connect_timeout(config.timeout)
-            // Consul never redirects; following one could send the token
-            // to another host.
-            .redirect(reqwest::redirect::Policy::none())
-            .tcp_nodelay(true)
-            .user_agent(concat!("consul-failover-dns/", env!("CARGO_PKG_VERSION")));
         let ca = if config.ca_file.is_empty() {
             env("CONSUL_CACERT").map(|path| (path, "CONSUL_CACERT"))
         } else {
             Some((config.ca_file.clone(), "consul.ca_file"))
         };
-        if let Some((path, origin)) = ca {
-            for certificate in load_ca(Path::new(&path), origin)? {
-                builder = builder.add_root_certificate(certificate);
-            }
-        }
-        if env("CONSUL_HTTP_SSL_VERIFY").is_some_and(|v| parse_bool(&v) == Some(false)) {
+        let roots = match ca {
+            Some((path, origin)) => load_ca(Path::new(&path), origin)?,
+            None => Vec::new(),
+        };
+        let verify = env("CONSUL_HTTP_SSL_VERIFY").is_none_or(|v| parse_bool(&v) != Some(false));
+        if !verify {
             tracing::warn!(
                 "CONSUL_HTTP_SSL_VERIFY=false: Consul's TLS certificates are not checked"
             );
-            builder = builder.danger_accept_invalid_certs(true);
         }
-        let http = builder
-            .build()
-            .map_err(|e| ConsulError::Client(error_chain(&e)))?;
+        let connect_timeout = config.timeout;
+        let make = move |http2: bool| {
+            let mut builder = reqwest::Client::builder()
+                .use_rustls_tls()
+                .connect_timeout(connect_timeout)
+                // Consul never redirects; following one could send the
+                // token to another host.
+                .redirect(reqwest::redirect::Policy::none())
+                .tcp_nodelay(true)
+                .user_agent(concat!("consul-failover-dns/", env!("CARGO_PKG_VERSION")));
+            for certificate in &roots {
+                builder = builder.add_root_certificate(certificate.clone());
+            }
+            if !verify {
+                builder = builder.danger_accept_invalid_certs(true);
+            }
+            builder = if http2 {
+                // A dead connection is noticed within 40 s even while its
+                // blocking reads wait quietly.
+                builder
+                    .http2_prior_knowledge()
+                    .http2_keep_alive_interval(HTTP2_PING_EVERY)
+                    .http2_keep_alive_timeout(HTTP2_PING_TIMEOUT)
+                    .http2_keep_alive_while_idle(true)
+            } else {
+                builder.http1_only()
+            };
+            builder
+                .build()
+                .map_err(|e| ConsulError::Client(error_chain(&e)))
+        };
+        let transport = Transport::new(Box::new(make), config.http2, config.max_connections)?;
         Ok(Self {
-            http,
+            transport,
             agent,
             direct,
             token,
@@ -194,6 +220,11 @@ impl ConsulClient {
     /// The local agent's base URL.
     pub fn agent_url(&self) -> &Url {
         &self.agent
+    }
+
+    /// The HTTP/2 connections opened to the local agent so far.
+    pub fn agent_http2_connections(&self) -> usize {
+        self.transport.lanes(&self.agent)
     }
 
     /// The blocking-query wait sent as `?wait=`.
@@ -420,7 +451,8 @@ impl ConsulClient {
         via_agent: bool,
     ) -> Result<Reply, ConsulError> {
         let shown = shown_url(&url);
-        let mut request = self.http.get(url).timeout(timeout);
+        let lease = self.transport.lease(&url).await?;
+        let mut request = lease.client().get(url).timeout(timeout);
         if let Some(token) = &self.token {
             request = request.header(TOKEN_HEADER, token.clone());
         }
@@ -636,12 +668,13 @@ fn error_body(body: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use std::io::Write;
+    use std::sync::Arc;
 
     use consul_sim::Sim;
 
     use super::*;
     use crate::config::DatacenterAddresses;
-    use crate::consul::testutil::{self, within};
+    use crate::consul::testutil::{self, BOUND, within};
     use crate::health::CheckStatus;
 
     fn no_env(_: &str) -> Option<String> {
@@ -1069,5 +1102,141 @@ mod tests {
             .await
             .unwrap_err();
         assert!(error.to_string().contains(&sim.url("dc1").await), "{error}");
+    }
+
+    /// Runs `n` blocking reads of `svc` in dc1 at once (each waits the
+    /// client's `wait`, as nothing changes) and returns their results.
+    async fn blocking_reads(
+        client: &Arc<ConsulClient>,
+        n: usize,
+        index: u64,
+    ) -> Vec<Result<(u64, Vec<Instance>), ConsulError>> {
+        let mut reads = tokio::task::JoinSet::new();
+        for _ in 0..n {
+            let client = Arc::clone(client);
+            reads.spawn(async move { client.service_health("dc1", "svc", index, "dc1").await });
+        }
+        let mut results = Vec::new();
+        while let Some(result) = reads.join_next().await {
+            results.push(result.expect("read task"));
+        }
+        results
+    }
+
+    #[tokio::test]
+    async fn http1_blocking_reads_take_turns_within_consuls_connection_limit() {
+        // The agent allows 4 connections from us; 12 watches block at once.
+        let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let sim = Sim::builder()
+            .dc("dc1", any)
+            .max_conns_per_client(4)
+            .start()
+            .await
+            .unwrap();
+        testutil::register(&sim, "dc1", "n1", "10.1.0.1", "svc", "passing");
+        let index = sim.raft_index("dc1");
+        let config = ConsulConfig {
+            wait: Duration::from_millis(500),
+            max_connections: 4,
+            ..testutil::config(&sim, "dc1").await
+        };
+        let client = Arc::new(ConsulClient::with_env(&config, no_env).unwrap());
+        let start = Instant::now();
+        let results = tokio::time::timeout(BOUND, blocking_reads(&client, 12, index))
+            .await
+            .unwrap();
+        let failed: Vec<String> = results
+            .iter()
+            .filter_map(|r| r.as_ref().err().map(ToString::to_string))
+            .collect();
+        assert!(failed.is_empty(), "reads refused: {failed:?}");
+        // Three turns of four, each blocking for the 500 ms wait.
+        assert!(
+            start.elapsed() >= Duration::from_millis(1400),
+            "{:?}",
+            start.elapsed()
+        );
+        assert_eq!(sim.refused_connections("dc1"), 0);
+
+        // The same load past the limit is refused with 429, as Consul does.
+        let greedy = Arc::new(
+            ConsulClient::with_env(
+                &ConsulConfig {
+                    max_connections: 12,
+                    ..config
+                },
+                no_env,
+            )
+            .unwrap(),
+        );
+        let results = tokio::time::timeout(BOUND, blocking_reads(&greedy, 12, index))
+            .await
+            .unwrap();
+        let refused = results
+            .iter()
+            .filter(|r| {
+                matches!(r, Err(ConsulError::Status { status: 429, .. }))
+                    || matches!(r, Err(e) if e.is_transport())
+            })
+            .count();
+        assert!(refused >= 8, "{results:?}");
+        assert!(sim.refused_connections("dc1") >= 8);
+    }
+
+    #[tokio::test]
+    async fn https_carries_200_blocking_reads_per_http2_connection() {
+        let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let sim = Sim::builder()
+            .dc("dc1", any)
+            .tls(true)
+            .start()
+            .await
+            .unwrap();
+        testutil::register(&sim, "dc1", "n1", "10.1.0.1", "svc", "passing");
+        let ca = temp_file(&sim.ca_pem().expect("the simulator has a CA"));
+        let index = sim.raft_index("dc1");
+        let config = ConsulConfig {
+            wait: Duration::from_millis(500),
+            ca_file: ca.as_str().to_owned(),
+            ..testutil::config(&sim, "dc1").await
+        };
+        assert!(config.address.starts_with("https://"), "{}", config.address);
+        let client = Arc::new(ConsulClient::with_env(&config, no_env).unwrap());
+        let results = tokio::time::timeout(BOUND, blocking_reads(&client, 450, index))
+            .await
+            .unwrap();
+        let failed: Vec<String> = results
+            .iter()
+            .filter_map(|r| r.as_ref().err().map(ToString::to_string))
+            .collect();
+        assert!(
+            failed.is_empty(),
+            "{} failed, first: {:?}",
+            failed.len(),
+            failed.first()
+        );
+        assert_eq!(
+            client.agent_http2_connections(),
+            3,
+            "450 reads, 200 per connection"
+        );
+        let versions: HashSet<String> =
+            sim.requests("dc1").into_iter().map(|r| r.version).collect();
+        assert_eq!(versions, HashSet::from(["HTTP/2.0".to_owned()]));
+        assert_eq!(sim.refused_connections("dc1"), 0);
+
+        // With http2 off, HTTPS is HTTP/1.1.
+        let http1 = ConsulClient::with_env(
+            &ConsulConfig {
+                http2: false,
+                ..config
+            },
+            no_env,
+        )
+        .unwrap();
+        sim.clear_requests(None);
+        within(http1.catalog_services("dc1", 0)).await.unwrap();
+        assert_eq!(sim.requests("dc1").pop().unwrap().version, "HTTP/1.1");
+        assert_eq!(http1.agent_http2_connections(), 0);
     }
 }

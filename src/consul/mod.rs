@@ -21,6 +21,7 @@ mod blocking;
 mod client;
 #[cfg(test)]
 mod testutil;
+mod transport;
 mod watcher;
 
 use std::path::PathBuf;
@@ -28,6 +29,7 @@ use std::time::Duration;
 
 pub use blocking::{Backoff, BlockingIndex, IndexMove, RateLimit};
 pub use client::{ConsulClient, format_wait};
+pub use transport::STREAMS_PER_CONNECTION;
 pub use watcher::Watcher;
 
 /// Why a Consul request (or building the client) failed.

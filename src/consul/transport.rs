@@ -1,0 +1,240 @@
+//! Connections to Consul, kept within the agent's per-client limit.
+//!
+//! A Consul agent accepts at most `limits.http_max_conns_per_client` (200
+//! by default) HTTP connections from one client IP and answers the others
+//! with 429 and a close (`agent/agent.go` `listenHTTP`, go-connlimit). A
+//! blocking read holds its connection for up to `consul.wait`, so one
+//! HTTP/1.1 connection per watch cannot watch more than about 200
+//! (service, datacenter) pairs through one agent. Over HTTPS the agent
+//! also speaks HTTP/2 (`setupHTTPS` calls `http2.ConfigureServer`), which
+//! carries up to 250 concurrent requests per connection (Go's default
+//! `MaxConcurrentStreams`). So, per origin (scheme, host, port):
+//!
+//! - `https://` with `consul.http2` (the default): lanes, each a client
+//!   holding one HTTP/2 connection with at most [`STREAMS_PER_CONNECTION`]
+//!   requests in flight. Requests fill the first lane with room; a new
+//!   lane opens when all are full, up to `consul.max_connections` lanes.
+//! - `http://` (or `consul.http2 = false`): one HTTP/1.1 connection per
+//!   request in flight, at most `consul.max_connections` at once.
+//!
+//! Past that capacity a request waits its turn (first come, first served)
+//! and a warning names the origin and the settings involved, once a
+//! minute.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use reqwest::Url;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+use super::ConsulError;
+
+/// Requests in flight on one HTTP/2 connection: under Go's default of 250
+/// concurrent streams, so a connection never queues requests itself.
+pub const STREAMS_PER_CONNECTION: usize = 200;
+
+/// How often "all connections are busy" may be logged per origin.
+const BUSY_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// Builds one HTTP client: HTTP/2 only (`true`) or HTTP/1.1 only.
+pub type MakeClient = dyn Fn(bool) -> Result<reqwest::Client, ConsulError> + Send + Sync;
+
+/// The connections of a [`ConsulClient`](super::ConsulClient).
+pub struct Transport {
+    /// Builds the clients.
+    make: Box<MakeClient>,
+    /// The HTTP/1.1 client (its pool holds one connection per request in
+    /// flight).
+    http1: reqwest::Client,
+    /// `consul.http2`: HTTP/2 lanes for `https://` origins.
+    http2: bool,
+    /// `consul.max_connections`, per origin.
+    max_connections: usize,
+    /// Per origin, its budget.
+    origins: Mutex<HashMap<String, Arc<Budget>>>,
+}
+
+impl fmt::Debug for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Transport")
+            .field("http2", &self.http2)
+            .field("max_connections", &self.max_connections)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One origin's share of connections.
+struct Budget {
+    /// Requests that may be in flight at once.
+    permits: Arc<Semaphore>,
+    /// HTTP/2 lanes (none for HTTP/1.1).
+    lanes: Mutex<Vec<Arc<Lane>>>,
+    /// Whether this origin uses lanes.
+    http2: bool,
+    /// When "all busy" was last logged.
+    busy_logged: Mutex<Option<Instant>>,
+}
+
+/// One HTTP/2 connection (a client of its own, so its own pool).
+struct Lane {
+    /// The client.
+    client: reqwest::Client,
+    /// Requests in flight on it.
+    busy: AtomicUsize,
+}
+
+/// The right to send one request, and the client to send it with. The
+/// slot is given back when the lease is dropped (the answer read, or the
+/// request abandoned).
+pub struct Lease {
+    /// The client to use.
+    client: reqwest::Client,
+    /// The lane whose count this lease holds.
+    lane: Option<Arc<Lane>>,
+    /// The origin's permit.
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Lease {
+    /// The client to send the request with.
+    pub fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some(lane) = &self.lane {
+            lane.busy.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A lock, whatever a panicking holder left.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Transport {
+    /// A transport building its clients with `make`; the HTTP/1.1 client
+    /// is built at once, and so is one HTTP/2 client when `http2` is on,
+    /// so a TLS setting that cannot work fails here rather than later.
+    pub fn new(
+        make: Box<MakeClient>,
+        http2: bool,
+        max_connections: usize,
+    ) -> Result<Self, ConsulError> {
+        let http1 = make(false)?;
+        if http2 {
+            make(true)?;
+        }
+        Ok(Self {
+            make,
+            http1,
+            http2,
+            max_connections: max_connections.max(1),
+            origins: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Waits for room to send one request to `url` and returns the client
+    /// to send it with.
+    pub async fn lease(&self, url: &Url) -> Result<Lease, ConsulError> {
+        let origin = url.origin().ascii_serialization();
+        let budget = {
+            let mut origins = lock(&self.origins);
+            Arc::clone(origins.entry(origin).or_insert_with(|| {
+                let http2 = self.http2 && url.scheme() == "https";
+                let per_connection = if http2 { STREAMS_PER_CONNECTION } else { 1 };
+                Arc::new(Budget {
+                    permits: Arc::new(Semaphore::new(self.max_connections * per_connection)),
+                    lanes: Mutex::new(Vec::new()),
+                    http2,
+                    busy_logged: Mutex::new(None),
+                })
+            }))
+        };
+        if budget.permits.available_permits() == 0 {
+            self.log_busy(&budget, url);
+        }
+        let permit = Arc::clone(&budget.permits)
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        if !budget.http2 {
+            return Ok(Lease {
+                client: self.http1.clone(),
+                lane: None,
+                _permit: permit,
+            });
+        }
+        let lane = {
+            let mut lanes = lock(&budget.lanes);
+            // The permits keep the requests in flight under
+            // lanes × STREAMS_PER_CONNECTION, so when every lane is full
+            // there is room for one more.
+            match lanes
+                .iter()
+                .find(|lane| lane.busy.load(Ordering::Relaxed) < STREAMS_PER_CONNECTION)
+            {
+                Some(lane) => Arc::clone(lane),
+                None => {
+                    let lane = Arc::new(Lane {
+                        client: (self.make)(true)?,
+                        busy: AtomicUsize::new(0),
+                    });
+                    lanes.push(Arc::clone(&lane));
+                    lane
+                }
+            }
+        };
+        lane.busy.fetch_add(1, Ordering::Relaxed);
+        Ok(Lease {
+            client: lane.client.clone(),
+            lane: Some(lane),
+            _permit: permit,
+        })
+    }
+
+    /// The HTTP/2 connections (lanes) opened to `url`'s origin so far.
+    pub fn lanes(&self, url: &Url) -> usize {
+        lock(&self.origins)
+            .get(&url.origin().ascii_serialization())
+            .map_or(0, |budget| lock(&budget.lanes).len())
+    }
+
+    /// Logs, at most once a minute per origin, that requests wait.
+    fn log_busy(&self, budget: &Budget, url: &Url) {
+        let now = Instant::now();
+        let mut logged = lock(&budget.busy_logged);
+        if logged.is_some_and(|at| now.duration_since(at) < BUSY_LOG_EVERY) {
+            return;
+        }
+        *logged = Some(now);
+        let origin = url.origin().ascii_serialization();
+        if budget.http2 {
+            tracing::warn!(
+                origin,
+                connections = self.max_connections,
+                per_connection = STREAMS_PER_CONNECTION,
+                "every HTTP/2 connection to Consul is full; watches wait their turn, so \
+                 answers may lag by up to consul.wait (raise consul.max_connections, and \
+                 Consul's limits.http_max_conns_per_client with it)"
+            );
+        } else {
+            tracing::warn!(
+                origin,
+                connections = self.max_connections,
+                "every HTTP/1.1 connection to Consul is busy with a blocking read; watches \
+                 wait their turn, so answers may lag by up to consul.wait (use https://, \
+                 where one HTTP/2 connection carries 200 watches, or raise \
+                 consul.max_connections together with Consul's \
+                 limits.http_max_conns_per_client, 200 by default)"
+            );
+        }
+    }
+}
