@@ -1,13 +1,16 @@
-//! The HTTP side: one listener per datacenter, Consul's endpoints with its
-//! parameters, headers, status codes and error texts (reference §1–§5), and
-//! the `/_sim/` control API for fault injection.
+//! The HTTP side: one listener per datacenter (HTTP/1.1, or HTTPS with
+//! HTTP/2 by ALPN, each with Consul's per-client connection limit),
+//! Consul's endpoints with its parameters, headers, status codes and error
+//! texts (reference §1–§5), and the `/_sim/` control API for fault
+//! injection.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::{Arc, Weak};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -17,13 +20,17 @@ use hyper::header::{HeaderName, HeaderValue};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use hyper_util::server::conn::auto;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
 
 use crate::duration::parse_go_duration;
 use crate::model::{
@@ -33,9 +40,10 @@ use crate::model::{
 use crate::query::{self, is_uuid};
 use crate::sim::{
     CONSUL_VERSION, Datacenter, ERR_NO_LEADER, ExecuteOptions, Inner, RouteError, Sim, Topic,
-    default_fault_body, sort_by_distance, unix_ms,
+    default_fault_body, lock, sort_by_distance, unix_ms,
 };
 use crate::store::Store;
+use crate::tls::{ALPN_H2, HTTPS_HANDSHAKE_TIMEOUT};
 
 /// `default_query_time`: the blocking wait when none (or ≤ 0) is given.
 pub const DEFAULT_QUERY_TIME: Duration = Duration::from_secs(300);
@@ -48,8 +56,23 @@ const MAX_BODY: usize = 16 << 20;
 
 //------------ Serving --------------------------------------------------------
 
+/// The body of the answer to a connection past `http_max_conns_per_client`
+/// (go-connlimit's `tooManyConnsMsg`).
+pub const TOO_MANY_CONNS_BODY: &str =
+    "Your IP is issuing too many concurrent connections, please rate limit your calls\n";
+/// How long writing that answer may take: the `10 * time.Millisecond`
+/// `listenHTTP` passes to `HTTPConnStateFuncWithDefault429Handler`.
+const TOO_MANY_CONNS_WRITE_DEADLINE: Duration = Duration::from_millis(10);
+/// `SETTINGS_MAX_CONCURRENT_STREAMS` of the HTTP/2 server: x/net/http2's
+/// `defaultMaxStreams`, which `http2.ConfigureServer(server, nil)` keeps.
+pub const H2_MAX_CONCURRENT_STREAMS: u32 = 250;
+
 /// Accepts connections on `listener` for datacenter `dc` until `stop`
 /// fires (or the simulator is dropped); then drops every open connection.
+/// With `tls` every connection is TLS first, then HTTP/2 if the client
+/// chose `h2` by ALPN, else HTTP/1.1; without, HTTP/1.1 only (Consul's
+/// plain listener has no h2c). Each connection is counted against its
+/// client IP's limit in `clients` from accept to close.
 ///
 /// The future is boxed: `/_sim/` requests served by it can start
 /// listeners, which spawn `serve`, and the box breaks that type cycle.
@@ -57,6 +80,8 @@ pub(crate) fn serve(
     listener: TcpListener,
     sim: Weak<Inner>,
     dc: String,
+    tls: Option<TlsAcceptor>,
+    clients: Arc<ClientConnections>,
     mut stop: watch::Receiver<bool>,
 ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
     Box::pin(async move {
@@ -70,15 +95,20 @@ pub(crate) fn serve(
                 }
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
+                        // Counted at accept, as go-connlimit does on
+                        // `http.StateNew`, before any TLS handshake.
+                        let slot = clients.admit(peer.ip());
+                        let tls = tls.clone();
                         let sim = sim.clone();
                         let dc = dc.clone();
                         connections.spawn(async move {
-                            let service = service_fn(move |req| {
-                                handle(sim.clone(), dc.clone(), peer, req)
-                            });
-                            let _ = hyper::server::conn::http1::Builder::new()
-                                .serve_connection(TokioIo::new(stream), service)
-                                .await;
+                            match slot {
+                                Some(slot) => {
+                                    serve_connection(stream, tls, sim, dc, peer).await;
+                                    drop(slot);
+                                }
+                                None => refuse(stream, tls).await,
+                            }
                         });
                     }
                     // Out of file descriptors and the like: wait, don't spin.
@@ -90,6 +120,187 @@ pub(crate) fn serve(
         connections.abort_all();
         while connections.join_next().await.is_some() {}
     })
+}
+
+/// A byte stream a connection is served on: TCP, or TLS over TCP.
+trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
+
+/// Completes the TLS handshake within `https_handshake_timeout`; `None`
+/// if it failed or took longer (the connection is then dropped).
+async fn handshake(acceptor: &TlsAcceptor, stream: TcpStream) -> Option<TlsStream<TcpStream>> {
+    tokio::time::timeout(HTTPS_HANDSHAKE_TIMEOUT, acceptor.accept(stream))
+        .await
+        .ok()?
+        .ok()
+}
+
+/// Serves HTTP on one admitted connection until it closes.
+async fn serve_connection(
+    stream: TcpStream,
+    tls: Option<TlsAcceptor>,
+    sim: Weak<Inner>,
+    dc: String,
+    peer: SocketAddr,
+) {
+    let (stream, h2): (Box<dyn Stream>, bool) = match tls {
+        None => (Box::new(stream), false),
+        Some(acceptor) => {
+            let Some(stream) = handshake(&acceptor, stream).await else {
+                return;
+            };
+            let h2 = stream.get_ref().1.alpn_protocol() == Some(ALPN_H2);
+            (Box::new(stream), h2)
+        }
+    };
+    let service = service_fn(move |req| handle(sim.clone(), dc.clone(), peer, req));
+    // HTTP/2 streams run as tasks of their own; they end when this
+    // connection does (`_open` dropped), as HTTP/1.1 requests, which run
+    // inside it, do.
+    let (_open, closed) = watch::channel(());
+    let builder = auto::Builder::new(StreamExecutor(closed));
+    let builder = if h2 {
+        let mut builder = builder.http2_only();
+        builder
+            .http2()
+            .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS);
+        builder
+    } else {
+        builder.http1_only()
+    };
+    let _ = builder
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
+}
+
+/// Spawns an HTTP/2 connection's stream tasks, each dropped when the
+/// connection's `watch` sender is.
+#[derive(Clone)]
+struct StreamExecutor(watch::Receiver<()>);
+
+impl<F> hyper::rt::Executor<F> for StreamExecutor
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, stream: F) {
+        let mut closed = self.0.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = stream => {}
+                // Never sent to: this fires when the sender is dropped.
+                _ = closed.changed() => {}
+            }
+        });
+    }
+}
+
+/// Answers a connection past the per-client limit as go-connlimit's
+/// `HTTPConnStateFuncWithDefault429Handler` does: a raw HTTP/1.1 429 with
+/// [`TOO_MANY_CONNS_BODY`] written within 10 ms, then close. Over HTTPS it
+/// is written on the TLS connection (Go's `tls.Conn.Write` completes the
+/// handshake first), as HTTP/1.1 bytes whatever ALPN chose.
+///
+/// Two liberties: the handshake gets `https_handshake_timeout`, where Go's
+/// 10 ms deadline covers it too (a loaded test machine would otherwise
+/// turn the 429 into a reset); and the answer is written from the
+/// connection's own task, where Go writes it inside the accept loop.
+async fn refuse(stream: TcpStream, tls: Option<TlsAcceptor>) {
+    let mut stream: Box<dyn Stream> = match tls {
+        None => Box::new(stream),
+        Some(acceptor) => match handshake(&acceptor, stream).await {
+            Some(stream) => Box::new(stream),
+            None => return,
+        },
+    };
+    let answer = format!(
+        "HTTP/1.1 429 Too Many Requests\r\nContent-Type: text/plain\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{TOO_MANY_CONNS_BODY}",
+        TOO_MANY_CONNS_BODY.len()
+    );
+    let _ = tokio::time::timeout(TOO_MANY_CONNS_WRITE_DEADLINE, async {
+        stream.write_all(answer.as_bytes()).await?;
+        // TLS: close_notify, as Go's `tls.Conn.Close` sends.
+        stream.shutdown().await
+    })
+    .await;
+}
+
+/// One listener's open connections per client IP, against
+/// `limits.http_max_conns_per_client`: go-connlimit's `Limiter`, one per
+/// agent.
+pub(crate) struct ClientConnections {
+    max: AtomicUsize,
+    open: Mutex<HashMap<IpAddr, usize>>,
+    refused: AtomicU64,
+}
+
+impl ClientConnections {
+    /// A count allowing `max` connections per client IP (0: any number).
+    pub(crate) fn new(max: usize) -> Self {
+        Self {
+            max: AtomicUsize::new(max),
+            open: Mutex::new(HashMap::new()),
+            refused: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn max(&self) -> usize {
+        self.max.load(Ordering::Relaxed)
+    }
+
+    /// Changes the limit; connections already open stay open.
+    pub(crate) fn set_max(&self, max: usize) {
+        self.max.store(max, Ordering::Relaxed);
+    }
+
+    /// Connections open, all clients together.
+    pub(crate) fn open(&self) -> usize {
+        lock(&self.open).values().sum()
+    }
+
+    /// Connections refused so far.
+    pub(crate) fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    /// Counts a new connection from `ip` (`Limiter.Accept`): its slot,
+    /// which frees the place when dropped, or `None` (counted as refused)
+    /// if `ip` already has the maximum open.
+    fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<ConnectionSlot> {
+        let max = self.max();
+        let mut open = lock(&self.open);
+        let count = open.entry(ip).or_insert(0);
+        if max > 0 && *count >= max {
+            drop(open);
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        *count += 1;
+        Some(ConnectionSlot {
+            clients: self.clone(),
+            ip,
+        })
+    }
+}
+
+/// An admitted connection's place in its client's count.
+struct ConnectionSlot {
+    clients: Arc<ClientConnections>,
+    ip: IpAddr,
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        let mut open = lock(&self.clients.open);
+        if let Some(count) = open.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
 }
 
 async fn handle(
@@ -113,6 +324,7 @@ async fn handle(
     };
     let req = Req {
         method: parts.method,
+        version: parts.version,
         path: parts.uri.path().to_owned(),
         raw_query: parts.uri.query().unwrap_or("").to_owned(),
         params: Params::parse(parts.uri.query().unwrap_or("")),
@@ -138,6 +350,8 @@ async fn handle(
                     )
                 })
                 .collect(),
+            version: format!("{:?}", req.version),
+            remote_addr: req.peer.to_string(),
             received_unix_ms: unix_ms(),
         });
         match apply_faults(&req).await {
@@ -228,6 +442,7 @@ impl Params {
 
 struct Req {
     method: Method,
+    version: hyper::Version,
     path: String,
     raw_query: String,
     params: Params,
@@ -244,7 +459,7 @@ impl Req {
 
     /// The client IP for `near=_ip`: the first `X-Forwarded-For` entry, else
     /// the peer address.
-    fn source_ip(&self) -> std::net::IpAddr {
+    fn source_ip(&self) -> IpAddr {
         self.headers
             .get("x-forwarded-for")
             .and_then(|v| v.to_str().ok())
@@ -1278,5 +1493,52 @@ impl Reply {
     fn with_status(mut self, status: u16) -> Self {
         self.status = status;
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An HTTP/2 stream's task is dropped with its connection, not left to
+    /// finish a request no one can receive (a blocking query could hold
+    /// the simulator for minutes).
+    #[tokio::test]
+    async fn stream_tasks_end_with_their_connection() {
+        let (open, closed) = watch::channel(());
+        let (alive, ended) = tokio::sync::oneshot::channel::<()>();
+        hyper::rt::Executor::execute(&StreamExecutor(closed), async move {
+            let _alive = alive;
+            std::future::pending::<()>().await;
+        });
+        tokio::task::yield_now().await;
+        drop(open);
+        let ended = tokio::time::timeout(Duration::from_secs(5), ended).await;
+        assert!(matches!(ended, Ok(Err(_))), "the task was dropped");
+    }
+
+    /// Go-connlimit's accounting: the limit-th connection of an IP is
+    /// admitted, the next refused; other IPs count apart; a dropped slot
+    /// frees its place; 0 means no limit.
+    #[test]
+    fn connections_are_counted_per_client_ip() {
+        let clients = Arc::new(ClientConnections::new(2));
+        let a: IpAddr = [127, 0, 0, 1].into();
+        let b: IpAddr = [127, 0, 0, 2].into();
+        let first = clients.admit(a).expect("1st");
+        let _second = clients.admit(a).expect("2nd");
+        assert!(clients.admit(a).is_none());
+        let other = clients.admit(b).expect("another IP");
+        assert_eq!((clients.open(), clients.refused()), (3, 1));
+        drop(first);
+        assert_eq!(clients.open(), 2);
+        let _third = clients.admit(a).expect("a freed place");
+        clients.set_max(0);
+        let more: Vec<_> = (0..10).map(|_| clients.admit(a)).collect();
+        assert!(more.iter().all(Option::is_some));
+        drop(more);
+        drop(other);
+        assert_eq!(clients.open(), 2);
+        assert_eq!(lock(&clients.open).len(), 1, "no empty entry left");
     }
 }

@@ -13,7 +13,9 @@
 //! - [`store`]: one datacenter's catalog and its Raft/table indexes.
 //! - [`query`]: prepared-query validation, templates, filters, failover list.
 //! - [`sim`]: the federation, fault injection and the library API.
-//! - `http`: the listeners, Consul's endpoints and the `/_sim/` API.
+//! - `http`: the listeners (HTTP/1.1; HTTPS with HTTP/2; the per-client
+//!   connection limit), Consul's endpoints and the `/_sim/` API.
+//! - `tls`: the simulator's CA and server certificate.
 //! - [`duration`]: Go's duration syntax.
 //!
 //! ```no_run
@@ -30,6 +32,10 @@ pub mod model;
 pub mod query;
 pub mod sim;
 pub mod store;
+mod tls;
 
-pub use http::{DEFAULT_QUERY_TIME, JITTER_FRACTION, MAX_QUERY_TIME, blocking_timeout};
+pub use http::{
+    DEFAULT_QUERY_TIME, H2_MAX_CONCURRENT_STREAMS, JITTER_FRACTION, MAX_QUERY_TIME,
+    TOO_MANY_CONNS_BODY, blocking_timeout,
+};
 pub use sim::{DcSpec, ExecuteOptions, Faults, RecordedRequest, Sim, SimBuilder, Snapshot};

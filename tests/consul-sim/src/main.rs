@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use consul_sim::Sim;
 use consul_sim::model::{Coordinate, RegisterRequest};
+use consul_sim::sim::DEFAULT_HTTP_MAX_CONNS_PER_CLIENT;
 
 /// A multi-datacenter Consul HTTP API simulator with fault injection.
 ///
@@ -31,6 +32,16 @@ struct Cli {
     /// datacenter carry its WAN tagged addresses.
     #[arg(long)]
     translate_wan_addrs: bool,
+    /// Serve HTTPS (HTTP/2 by ALPN, else HTTP/1.1) with a certificate from
+    /// a CA made at start, whose PEM is written to DIR/ca.pem for clients
+    /// to trust (e.g. CONSUL_CACERT). DIR is created if missing.
+    #[arg(long, value_name = "DIR")]
+    tls_dir: Option<std::path::PathBuf>,
+    /// Consul's limits.http_max_conns_per_client: connections one client
+    /// IP may have open to a listener; more get a 429 and are closed.
+    /// 0: no limit.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_HTTP_MAX_CONNS_PER_CLIENT)]
+    max_conns_per_client: usize,
 }
 
 fn parse_dc(spec: &str) -> Result<(String, SocketAddr), String> {
@@ -65,7 +76,10 @@ fn parse_coord(spec: &str) -> Result<(String, Option<Coordinate>), String> {
 }
 
 async fn run(cli: Cli) -> Result<(), String> {
-    let mut builder = Sim::builder().translate_wan_addrs(cli.translate_wan_addrs);
+    let mut builder = Sim::builder()
+        .translate_wan_addrs(cli.translate_wan_addrs)
+        .tls(cli.tls_dir.is_some())
+        .max_conns_per_client(cli.max_conns_per_client);
     for spec in &cli.dcs {
         let (name, addr) = parse_dc(spec)?;
         builder = builder.dc(&name, addr);
@@ -93,6 +107,14 @@ async fn run(cli: Cli) -> Result<(), String> {
         builder = builder.seed(seed);
     }
     let sim = builder.start().await?;
+    // Written before the listening lines: a script that has read those can
+    // use the CA at once.
+    if let (Some(dir), Some(ca)) = (&cli.tls_dir, sim.ca_pem()) {
+        let path = dir.join("ca.pem");
+        std::fs::create_dir_all(dir)
+            .and_then(|()| std::fs::write(&path, ca))
+            .map_err(|e| format!("--tls-dir {}: {e}", dir.display()))?;
+    }
     for dc in sim.datacenters() {
         println!("{dc} listening on {}", sim.url(&dc).await);
     }

@@ -14,12 +14,14 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::http::ClientConnections;
 use crate::model::{
     CheckInput, CheckServiceNode, Coordinate, DeregisterRequest, ExecuteResponse, PASSING,
     PreparedQuery, RegisterRequest, ServiceInput, compute_distance,
 };
 use crate::query::{self, Target};
 use crate::store::Store;
+use crate::tls::Tls;
 
 /// Consul's error for a DC the servers do not know.
 pub const ERR_NO_DC_PATH: &str = "No path to datacenter";
@@ -31,6 +33,9 @@ pub const ERR_NO_LEADER: &str = "No cluster leader";
 pub const REQUEST_LOG_CAPACITY: usize = 100_000;
 /// The Consul version the simulator reports.
 pub const CONSUL_VERSION: &str = "1.20.0";
+/// `limits.http_max_conns_per_client`'s default: connections one client IP
+/// may have open to an agent's HTTP(S) listener at once.
+pub const DEFAULT_HTTP_MAX_CONNS_PER_CLIENT: usize = 200;
 
 /// Locks a mutex, ignoring poisoning: a panicking test thread must not take
 /// the whole simulator down with it.
@@ -87,6 +92,12 @@ pub struct RecordedRequest {
     pub query: String,
     /// Headers, in the order received, names lowercased.
     pub headers: Vec<(String, String)>,
+    /// The HTTP version it came over: `HTTP/1.1`, or `HTTP/2.0` on an
+    /// HTTPS listener when the client negotiated `h2`.
+    pub version: String,
+    /// The client's address (`ip:port`): requests sharing it came over one
+    /// connection.
+    pub remote_addr: String,
     /// Milliseconds since the Unix epoch when it arrived.
     pub received_unix_ms: u128,
 }
@@ -142,6 +153,9 @@ pub(crate) struct Datacenter {
     partitioned: AtomicBool,
     coordinate: Mutex<Option<Coordinate>>,
     listener: tokio::sync::Mutex<Listener>,
+    /// Open connections per client IP, counted against
+    /// `http_max_conns_per_client`.
+    pub(crate) connections: Arc<ClientConnections>,
     faults: Mutex<Faults>,
     fault_changes: watch::Sender<u64>,
     requests: Mutex<VecDeque<RecordedRequest>>,
@@ -308,6 +322,8 @@ pub struct SimBuilder {
     dcs: Vec<DcSpec>,
     seed: Vec<RegisterRequest>,
     translate_wan_addrs: bool,
+    tls: bool,
+    max_conns_per_client: Option<usize>,
 }
 
 /// Default spacing of datacenters on the WAN coordinate line: 10 ms.
@@ -342,6 +358,24 @@ impl SimBuilder {
         self
     }
 
+    /// Serves every listener over HTTPS, as agents with `ports.https` set
+    /// (and `ports.http` off) do: TLS with a certificate from a CA made for
+    /// this simulator ([`Sim::ca_pem`]), HTTP/2 negotiated by ALPN, HTTP/1.1
+    /// otherwise.
+    pub fn tls(mut self, on: bool) -> Self {
+        self.tls = on;
+        self
+    }
+
+    /// Sets `limits.http_max_conns_per_client`: how many connections one
+    /// client IP may have open to a listener at once
+    /// ([`DEFAULT_HTTP_MAX_CONNS_PER_CLIENT`] unless set; 0: no limit).
+    /// Connections past it get a `429 Too Many Requests` and are closed.
+    pub fn max_conns_per_client(mut self, max: usize) -> Self {
+        self.max_conns_per_client = Some(max);
+        self
+    }
+
     /// Registrations applied at start, each in its `Datacenter` (the first
     /// datacenter if unset).
     pub fn seed(mut self, seed: Vec<RegisterRequest>) -> Self {
@@ -368,12 +402,23 @@ impl SimBuilder {
                 .local_addr()
                 .map_err(|e| format!("{}: {e}", spec.name))?;
             bound.push(std_listener);
-            dcs.push(Arc::new(new_datacenter(spec, addr)));
+            let max_conns = self
+                .max_conns_per_client
+                .unwrap_or(DEFAULT_HTTP_MAX_CONNS_PER_CLIENT);
+            dcs.push(Arc::new(new_datacenter(spec, addr, max_conns)));
         }
+        let tls = if self.tls {
+            let names: Vec<String> = dcs.iter().map(|d| d.name.clone()).collect();
+            let ips: Vec<IpAddr> = dcs.iter().map(|d| d.server_addr).collect();
+            Some(Tls::generate(&names, &ips)?)
+        } else {
+            None
+        };
         let sim = Sim {
             inner: Arc::new(Inner {
                 dcs,
                 translate_wan_addrs: self.translate_wan_addrs,
+                tls,
                 rpc_hold_timeout: Mutex::new(DEFAULT_RPC_HOLD_TIMEOUT),
             }),
         };
@@ -398,7 +443,7 @@ impl SimBuilder {
     }
 }
 
-fn new_datacenter(spec: &DcSpec, addr: SocketAddr) -> Datacenter {
+fn new_datacenter(spec: &DcSpec, addr: SocketAddr, max_conns_per_client: usize) -> Datacenter {
     Datacenter {
         name: spec.name.clone(),
         server_node: format!("{}-server-1", spec.name),
@@ -417,6 +462,7 @@ fn new_datacenter(spec: &DcSpec, addr: SocketAddr) -> Datacenter {
             addr,
             running: None,
         }),
+        connections: Arc::new(ClientConnections::new(max_conns_per_client)),
         faults: Mutex::new(Faults::default()),
         fault_changes: watch::channel(0).0,
         requests: Mutex::new(VecDeque::new()),
@@ -484,6 +530,7 @@ fn server_registration(dc: &Datacenter) -> RegisterRequest {
 pub(crate) struct Inner {
     dcs: Vec<Arc<Datacenter>>,
     translate_wan_addrs: bool,
+    tls: Option<Tls>,
     rpc_hold_timeout: Mutex<Duration>,
 }
 
@@ -584,9 +631,41 @@ impl Sim {
         }
     }
 
-    /// `http://ip:port` of a datacenter's listener.
+    /// `http://ip:port` of a datacenter's listener (`https://` with TLS).
     pub async fn url(&self, dc: &str) -> String {
-        format!("http://{}", self.addr(dc).await)
+        let scheme = if self.tls_enabled() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr(dc).await)
+    }
+
+    /// Whether the listeners serve HTTPS ([`SimBuilder::tls`]).
+    pub fn tls_enabled(&self) -> bool {
+        self.inner.tls.is_some()
+    }
+
+    /// The PEM of the CA that signed the listeners' certificate, for
+    /// clients to trust (`CONSUL_CACERT`); `None` without TLS.
+    pub fn ca_pem(&self) -> Option<String> {
+        self.inner.tls.as_ref().map(|t| t.ca_pem.clone())
+    }
+
+    /// Sets `limits.http_max_conns_per_client` on every listener (0: no
+    /// limit), as a config reload does: connections already open stay
+    /// open, even past a lowered limit.
+    pub fn set_max_conns_per_client(&self, max: usize) {
+        for d in &self.inner.dcs {
+            d.connections.set_max(max);
+        }
+    }
+
+    /// Connections now open to `dc`'s listener, all clients together.
+    pub fn open_connections(&self, dc: &str) -> usize {
+        self.dc(dc).map_or(0, |d| d.connections.open())
+    }
+
+    /// How many connections `dc`'s listener has refused with a 429 for
+    /// being past `http_max_conns_per_client`.
+    pub fn refused_connections(&self, dc: &str) -> u64 {
+        self.dc(dc).map_or(0, |d| d.connections.refused())
     }
 
     /// Name of a datacenter's server node (the agent answering its listener).
@@ -677,6 +756,8 @@ impl Sim {
             tcp,
             self.downgrade(),
             d.name.clone(),
+            self.inner.tls.as_ref().map(|t| t.acceptor.clone()),
+            d.connections.clone(),
             stop_rx,
         ));
         listener.running = Some((stop_tx, task));
@@ -851,6 +932,12 @@ impl Sim {
                 "Datacenter": d.name,
                 "Address": listener.addr.to_string(),
                 "Listening": listener.running.is_some(),
+                "Tls": self.tls_enabled(),
+                "Connections": {
+                    "Open": d.connections.open(),
+                    "Refused": d.connections.refused(),
+                    "MaxPerClient": d.connections.max(),
+                },
                 "Partitioned": d.is_partitioned(),
                 "Leader": d.leaderless_for().is_none(),
                 "RaftIndex": d.peek(Store::raft_index),

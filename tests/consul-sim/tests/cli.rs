@@ -102,6 +102,11 @@ mod tempfile_path {
         pub fn as_str(&self) -> &str {
             self.0.to_str().unwrap()
         }
+
+        /// The temporary directory the file is in.
+        pub fn dir(&self) -> &str {
+            self.0.parent().unwrap().to_str().unwrap()
+        }
     }
 
     impl Drop for Path {
@@ -224,4 +229,75 @@ fn bad_arguments_name_the_flag() {
         assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
         assert!(stderr.contains(needle), "{args:?}: {stderr}");
     }
+}
+
+/// `--tls-dir` serves HTTPS and writes the CA there: curl trusting it
+/// negotiates HTTP/2; without it the handshake fails.
+#[test]
+fn tls_dir_serves_https_and_writes_the_ca() {
+    let dir = tempfile_path::Path::with_contents("README", "");
+    let tls_dir = format!("{}/tls", dir.dir());
+    let sim = Running::start(&["--dc", "dc1=127.0.0.1:0", "--tls-dir", &tls_dir]);
+    let url = sim.url("dc1");
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+    let ca = format!("{tls_dir}/ca.pem");
+    let pem = std::fs::read_to_string(&ca).expect("ca.pem written");
+    assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"), "{pem}");
+    let out = curl(&[
+        "--cacert",
+        &ca,
+        "--write-out",
+        " %{http_version}",
+        &format!("{url}/v1/catalog/datacenters"),
+    ]);
+    assert_eq!(out, r#"["dc1"] 2"#);
+    let untrusted = Command::new("curl")
+        .args([
+            "--silent",
+            "--max-time",
+            "20",
+            &format!("{url}/v1/agent/self"),
+        ])
+        .status()
+        .expect("curl runs");
+    assert!(!untrusted.success());
+}
+
+/// `--max-conns-per-client`: with 1, a second connection while one is open
+/// gets Consul's 429 text; once it closes, curl is served again.
+#[test]
+fn max_conns_per_client_flag_limits_connections() {
+    let sim = Running::start(&["--dc", "dc1=127.0.0.1:0", "--max-conns-per-client", "1"]);
+    let url = sim.url("dc1");
+    let addr = url.strip_prefix("http://").unwrap();
+    let held = std::net::TcpStream::connect(addr).unwrap();
+    let self_url = format!("{url}/v1/agent/self");
+    let answer = |args: &[&str]| {
+        let mut all = vec!["--write-out", "\n%{http_code}"];
+        all.extend_from_slice(args);
+        curl(&all)
+    };
+    // The held connection is counted once the listener has accepted it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let refused = loop {
+        let out = answer(&[&self_url]);
+        if out.ends_with("\n429") || std::time::Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert_eq!(
+        refused,
+        "Your IP is issuing too many concurrent connections, please rate limit your calls\n\n429"
+    );
+    drop(held);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let served = loop {
+        let out = answer(&["--output", "/dev/null", &self_url]);
+        if out.ends_with("\n200") || std::time::Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert_eq!(served, "\n200");
 }

@@ -7,8 +7,8 @@ mod common;
 use std::time::Duration;
 
 use common::{Fixture, instance, node_addresses};
+use consul_sim::blocking_timeout;
 use consul_sim::model::Coordinate;
-use consul_sim::{Sim, blocking_timeout};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
@@ -782,7 +782,7 @@ async fn agent_check_updates() {
 #[tokio::test]
 async fn datacenters_in_rtt_order() {
     let any = "127.0.0.1:0".parse().unwrap();
-    let sim = Sim::builder()
+    let sim = common::builder()
         .dc("dc1", any)
         .dc("dc2", any)
         .dc("dc3", any)
@@ -796,10 +796,7 @@ async fn datacenters_in_rtt_order() {
         .start()
         .await
         .unwrap();
-    let f = Fixture {
-        sim,
-        http: reqwest::Client::new(),
-    };
+    let f = Fixture::with(sim);
     assert_eq!(
         f.get("dc1", "/v1/catalog/datacenters").await.json(),
         json!(["dc1", "dc3", "dc5", "dc2", "dc4"])
@@ -957,10 +954,11 @@ async fn stopped_listener_refuses_and_restarts_on_same_port() {
     let f = Fixture::start(&["dc1", "dc2"]).await;
     f.register("dc1", "n1", "10.0.0.1", "web", "passing").await;
     let addr = f.sim.addr("dc1").await;
+    let url = f.sim.url("dc1").await;
     f.sim.stop_listener("dc1").await;
     let err = f
         .http
-        .get(format!("http://{addr}/v1/catalog/services"))
+        .get(format!("{url}/v1/catalog/services"))
         .send()
         .await
         .unwrap_err();
@@ -1150,7 +1148,7 @@ async fn sim_http_api_drives_faults() {
     f.call("DELETE", "dc1", "/_sim/dc/dc2/leader", None).await;
     assert_eq!(f.get("dc1", "/v1/status/leader?dc=dc2").await.body, "\"\"");
     f.call("PUT", "dc1", "/_sim/dc/dc2/leader", None).await;
-    let addr2 = f.sim.addr("dc2").await;
+    let url2 = f.sim.url("dc2").await;
     assert_eq!(
         f.call("POST", "dc1", "/_sim/dc/dc2/listener/stop", None)
             .await
@@ -1159,7 +1157,7 @@ async fn sim_http_api_drives_faults() {
     );
     assert!(
         f.http
-            .get(format!("http://{addr2}/v1/agent/self"))
+            .get(format!("{url2}/v1/agent/self"))
             .send()
             .await
             .is_err()
@@ -1211,17 +1209,14 @@ async fn leader_and_cached_modes_are_accepted() {
 #[tokio::test]
 async fn translate_wan_addrs_rewrites_remote_answers() {
     let any = "127.0.0.1:0".parse().unwrap();
-    let sim = Sim::builder()
+    let sim = common::builder()
         .dc("dc1", any)
         .dc("dc2", any)
         .translate_wan_addrs(true)
         .start()
         .await
         .unwrap();
-    let f = Fixture {
-        sim,
-        http: reqwest::Client::new(),
-    };
+    let f = Fixture::with(sim);
     let body = json!({"Datacenter": "dc2", "Node": "n1", "Address": "10.2.0.1",
         "TaggedAddresses": {"lan": "10.2.0.1", "wan": "198.51.100.1"},
         "Service": {"Service": "web", "Port": 80, "Address": "10.2.0.5",

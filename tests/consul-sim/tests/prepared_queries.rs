@@ -9,7 +9,6 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::{Answer, Fixture, instance, node_addresses};
-use consul_sim::Sim;
 use consul_sim::model::Coordinate;
 use serde_json::{Value, json};
 
@@ -91,19 +90,14 @@ async fn register_tagged(
 /// A federation on `127.0.0.1:0` whose DC coordinates are `positions`
 /// (seconds along one axis), wrapped in the shared fixture.
 async fn start_with_coordinates(positions: &[(&str, f64)]) -> Fixture {
-    let mut builder = Sim::builder();
+    let mut builder = common::builder();
     for (name, _) in positions {
         builder = builder.dc(name, SocketAddr::from(([127, 0, 0, 1], 0)));
     }
     for (name, at) in positions {
         builder = builder.coordinate(name, Some(Coordinate::at(&[*at])));
     }
-    let sim = builder.start().await.expect("simulator starts");
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .expect("client builds");
-    Fixture { sim, http }
+    Fixture::with(builder.start().await.expect("simulator starts"))
 }
 
 /// Node addresses of an execute body's `Nodes`.

@@ -1,11 +1,17 @@
 //! Shared helpers for consul-sim's tests: start a federation, talk to it
 //! over HTTP as a Consul client would, and register instances.
+//!
+//! The `*_over_https` test targets compile a plain target's source again;
+//! there the fixture serves HTTPS and its client speaks HTTP/2 (checked on
+//! every answer), so the same tests check both transports.
 
 #![allow(dead_code, unreachable_pub)]
 
 use std::time::Duration;
 
-use consul_sim::Sim;
+use std::net::SocketAddr;
+
+use consul_sim::{Sim, SimBuilder};
 use serde_json::{Value, json};
 
 /// A federation under test plus an HTTP client.
@@ -43,15 +49,41 @@ impl Answer {
     }
 }
 
+/// Whether this test target runs over HTTPS and HTTP/2 (its name ends in
+/// `_over_https`).
+pub fn over_https() -> bool {
+    env!("CARGO_CRATE_NAME").ends_with("_over_https")
+}
+
+/// `Sim::builder()`, serving HTTPS in the `*_over_https` targets.
+pub fn builder() -> SimBuilder {
+    Sim::builder().tls(over_https())
+}
+
+/// A client for `sim` with a 30 s timeout, trusting its CA if it has one.
+pub fn client(sim: &Sim) -> reqwest::Client {
+    let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(30));
+    if let Some(ca) = sim.ca_pem() {
+        let ca = reqwest::Certificate::from_pem(ca.as_bytes()).expect("CA PEM parses");
+        builder = builder.add_root_certificate(ca);
+    }
+    builder.build().expect("client builds")
+}
+
 impl Fixture {
     /// Starts datacenters `names` on 127.0.0.1:0.
     pub async fn start(names: &[&str]) -> Self {
-        let sim = Sim::start(names).await.expect("simulator starts");
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .expect("client builds");
-        Self { sim, http }
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        let builder = names.iter().fold(builder(), |b, name| b.dc(name, any));
+        Self::with(builder.start().await.expect("simulator starts"))
+    }
+
+    /// Wraps a started simulator, with a client from [`client`].
+    pub fn with(sim: Sim) -> Self {
+        Self {
+            http: client(&sim),
+            sim,
+        }
     }
 
     /// Sends `method` to `path` (with its query string) on `dc`'s listener.
@@ -63,6 +95,9 @@ impl Fixture {
             req = req.body(body.to_string());
         }
         let resp = req.send().await.expect("request is answered");
+        if over_https() {
+            assert_eq!(resp.version(), reqwest::Version::HTTP_2, "{path}");
+        }
         Answer {
             status: resp.status().as_u16(),
             headers: resp.headers().clone(),
