@@ -139,8 +139,12 @@ wait_for() {
   echo "]"
 } >"$work/seed.json"
 
+# Two resolvers with up to 2 × SERVICES plain-HTTP watches each share one
+# client address: Consul's connection limit (200 per client) and the
+# resolvers' consul.max_connections are both lifted, as an operator would
+# for this many HTTP/1.1 watches (HTTPS would need neither).
 "$bin/consul-sim" --dc "dc1=$dc1" --dc "dc2=$dc2" --seed "$work/seed.json" \
-  >"$work/consul-sim.log" 2>&1 &
+  --max-conns-per-client 0 >"$work/consul-sim.log" 2>&1 &
 sim_pid=$!
 pids+=("$sim_pid")
 wait_for 15 "$sim_pid" consul-sim "$curl" -sf "http://$dc2/v1/catalog/services"
@@ -157,6 +161,7 @@ udp_fast_path = $3
 [consul]
 address = "http://$dc1"
 datacenter = "dc1"
+max_connections = 1000
 
 [queries]
 implicit = true

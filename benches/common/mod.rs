@@ -124,7 +124,19 @@ impl Server {
         );
         std::fs::write(&path, text).expect("write config");
         let log = std::fs::File::create(dir.path().join("log")).expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_consul-failover-dns"))
+        // BENCH_SERVER_WRAPPER runs the server under a profiler, e.g.
+        // "heaptrack" (the figures read from /proc are then the wrapper's).
+        let binary = env!("CARGO_BIN_EXE_consul-failover-dns");
+        let mut command = match std::env::var("BENCH_SERVER_WRAPPER") {
+            Ok(wrapper) if !wrapper.trim().is_empty() => {
+                let mut words = wrapper.split_whitespace();
+                let mut command = Command::new(words.next().expect("a wrapper word"));
+                command.args(words).arg(binary);
+                command
+            }
+            _ => Command::new(binary),
+        };
+        let child = command
             .args(["run", "-c"])
             .arg(&path)
             .env("RUST_LOG", "warn")

@@ -27,6 +27,8 @@ pub const TRANSLATE_HEADER: &str = "X-Consul-Translate-Addresses";
 /// is tried only after the others.
 pub const AVOID_FAILED_ADDRESS_FOR: Duration = Duration::from_secs(30);
 
+/// Idle HTTP/1.1 connections kept per Consul address.
+const HTTP1_IDLE_CONNECTIONS: usize = 16;
 /// How often an idle HTTP/2 connection to Consul is pinged.
 const HTTP2_PING_EVERY: Duration = Duration::from_secs(30);
 /// How long a ping may go unanswered before the connection is dropped.
@@ -197,7 +199,13 @@ impl ConsulClient {
                     .http2_keep_alive_timeout(HTTP2_PING_TIMEOUT)
                     .http2_keep_alive_while_idle(true)
             } else {
-                builder.http1_only()
+                // Connections in flight are capped by the transport; a few
+                // idle ones may be kept, so that the total stays under
+                // Consul's limit even when an answered connection goes
+                // back to the pool after the next request opened another.
+                builder
+                    .http1_only()
+                    .pool_max_idle_per_host(HTTP1_IDLE_CONNECTIONS)
             };
             builder
                 .build()
