@@ -4,15 +4,18 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::path::Path;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
 use reqwest::Url;
 use reqwest::header::HeaderValue;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 use tokio::time::Instant;
 
-use super::transport::Transport;
+use super::h2::Connector;
+use super::transport::{Route, Transport};
 use super::{ConsulError, MAX_ERROR_BODY, api};
 use crate::config::{ConsulConfig, DEFAULT_CONSUL_ADDRESS};
 use crate::health::Instance;
@@ -29,10 +32,8 @@ pub const AVOID_FAILED_ADDRESS_FOR: Duration = Duration::from_secs(30);
 
 /// Idle HTTP/1.1 connections kept per Consul address.
 const HTTP1_IDLE_CONNECTIONS: usize = 16;
-/// How often an idle HTTP/2 connection to Consul is pinged.
-const HTTP2_PING_EVERY: Duration = Duration::from_secs(30);
-/// How long a ping may go unanswered before the connection is dropped.
-const HTTP2_PING_TIMEOUT: Duration = Duration::from_secs(10);
+/// The `User-Agent` of every request.
+pub const USER_AGENT: &str = concat!("consul-failover-dns/", env!("CARGO_PKG_VERSION"));
 
 /// Formats a wait the way Consul parses it (Go's `time.ParseDuration`):
 /// whole seconds as `300s`, anything finer in milliseconds (`1500ms`).
@@ -174,44 +175,37 @@ impl ConsulClient {
                 "CONSUL_HTTP_SSL_VERIFY=false: Consul's TLS certificates are not checked"
             );
         }
-        let connect_timeout = config.timeout;
-        let make = move |http2: bool| {
-            let mut builder = reqwest::Client::builder()
-                .use_rustls_tls()
-                .connect_timeout(connect_timeout)
-                // Consul never redirects; following one could send the
-                // token to another host.
-                .redirect(reqwest::redirect::Policy::none())
-                .tcp_nodelay(true)
-                .user_agent(concat!("consul-failover-dns/", env!("CARGO_PKG_VERSION")));
-            for certificate in &roots {
-                builder = builder.add_root_certificate(certificate.clone());
-            }
-            if !verify {
-                builder = builder.danger_accept_invalid_certs(true);
-            }
-            builder = if http2 {
-                // A dead connection is noticed within 40 s even while its
-                // blocking reads wait quietly.
-                builder
-                    .http2_prior_knowledge()
-                    .http2_keep_alive_interval(HTTP2_PING_EVERY)
-                    .http2_keep_alive_timeout(HTTP2_PING_TIMEOUT)
-                    .http2_keep_alive_while_idle(true)
-            } else {
-                // Connections in flight are capped by the transport; a few
-                // idle ones may be kept, so that the total stays under
-                // Consul's limit even when an answered connection goes
-                // back to the pool after the next request opened another.
-                builder
-                    .http1_only()
-                    .pool_max_idle_per_host(HTTP1_IDLE_CONNECTIONS)
-            };
-            builder
-                .build()
-                .map_err(|e| ConsulError::Client(error_chain(&e)))
+        let mut builder = reqwest::Client::builder()
+            .use_rustls_tls()
+            .http1_only()
+            .connect_timeout(config.timeout)
+            // Consul never redirects; following one could send the token
+            // to another host.
+            .redirect(reqwest::redirect::Policy::none())
+            .tcp_nodelay(true)
+            // Connections in flight are capped by the transport; a few idle
+            // ones may be kept, so that the total stays under Consul's
+            // limit even when an answered connection goes back to the pool
+            // after the next request opened another.
+            .pool_max_idle_per_host(HTTP1_IDLE_CONNECTIONS)
+            .user_agent(USER_AGENT);
+        for root in &roots {
+            let certificate = reqwest::Certificate::from_der(root.as_ref())
+                .map_err(|e| ConsulError::Client(error_chain(&e)))?;
+            builder = builder.add_root_certificate(certificate);
+        }
+        if !verify {
+            builder = builder.danger_accept_invalid_certs(true);
+        }
+        let http1 = builder
+            .build()
+            .map_err(|e| ConsulError::Client(error_chain(&e)))?;
+        let http2 = if config.http2 {
+            Some(Connector::new(tls_config(roots, verify)?, config.timeout))
+        } else {
+            None
         };
-        let transport = Transport::new(Box::new(make), config.http2, config.max_connections)?;
+        let transport = Transport::new(http1, http2, config.max_connections);
         Ok(Self {
             transport,
             agent,
@@ -459,17 +453,33 @@ impl ConsulClient {
         via_agent: bool,
     ) -> Result<Reply, ConsulError> {
         let shown = shown_url(&url);
-        let lease = self.transport.lease(&url).await?;
-        let mut request = lease.client().get(url).timeout(timeout);
-        if let Some(token) = &self.token {
-            request = request.header(TOKEN_HEADER, token.clone());
-        }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| classify(&shown, timeout, &e))?;
-        let status = response.status();
-        let headers = response.headers();
+        let lease = self.transport.lease(&url).await;
+        let (status, headers, body) = match lease.route() {
+            Route::Http2(connector, connection) => {
+                let answer = connection
+                    .get(connector, &url, &shown, self.token.as_ref(), timeout)
+                    .await?;
+                (answer.status, answer.headers, answer.body)
+            }
+            Route::Http1(http) => {
+                let mut request = http.get(url).timeout(timeout);
+                if let Some(token) = &self.token {
+                    request = request.header(TOKEN_HEADER, token.clone());
+                }
+                let mut response = request
+                    .send()
+                    .await
+                    .map_err(|e| classify(&shown, timeout, &e))?;
+                let status = response.status();
+                let headers = std::mem::take(response.headers_mut());
+                let body = response
+                    .bytes()
+                    .await
+                    .map_err(|e| classify(&shown, timeout, &e))?;
+                (status, headers, body)
+            }
+        };
+        drop(lease);
         let index = headers
             .get(INDEX_HEADER)
             .and_then(|v| v.to_str().ok())
@@ -479,10 +489,6 @@ impl ConsulClient {
             .get(TRANSLATE_HEADER)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| classify(&shown, timeout, &e))?;
         if !status.is_success() {
             return Err(ConsulError::Status {
                 url: shown,
@@ -593,18 +599,96 @@ fn read_token_file(path: &str, origin: &str) -> Result<String, ConsulError> {
 }
 
 /// Loads a PEM bundle of CA certificates.
-fn load_ca(path: &Path, origin: &str) -> Result<Vec<reqwest::Certificate>, ConsulError> {
+fn load_ca(path: &Path, origin: &str) -> Result<Vec<CertificateDer<'static>>, ConsulError> {
     let error = |reason: String| ConsulError::CaFile {
         path: path.to_owned(),
         reason: format!("{reason} ({origin})"),
     };
     let pem = std::fs::read(path).map_err(|e| error(format!("cannot read: {e}")))?;
-    let certificates =
-        reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| error(error_chain(&e)))?;
+    let certificates = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| error(format!("not a PEM bundle: {e}")))?;
     if certificates.is_empty() {
         return Err(error("holds no PEM certificate".to_owned()));
     }
     Ok(certificates)
+}
+
+/// The TLS settings of HTTP/2 connections: the web's public roots plus
+/// `extra`, or no certificate check at all when `verify` is off.
+fn tls_config(
+    extra: Vec<CertificateDer<'static>>,
+    verify: bool,
+) -> Result<rustls::ClientConfig, ConsulError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ConsulError::Client(e.to_string()))?;
+    if !verify {
+        return Ok(builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
+            .with_no_client_auth());
+    }
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    for certificate in extra {
+        roots
+            .add(certificate)
+            .map_err(|e| ConsulError::Client(format!("CA certificate: {e}")))?;
+    }
+    Ok(builder.with_root_certificates(roots).with_no_client_auth())
+}
+
+/// Accepts any server certificate (`CONSUL_HTTP_SSL_VERIFY=false`), but
+/// still checks the handshake signatures.
+#[derive(Debug)]
+struct NoVerify(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for NoVerify {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }
 
 /// Reads Go's `strconv.ParseBool` spellings.
@@ -676,7 +760,6 @@ fn error_body(body: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use std::io::Write;
-    use std::sync::Arc;
 
     use consul_sim::Sim;
 
@@ -1232,6 +1315,38 @@ mod tests {
             sim.requests("dc1").into_iter().map(|r| r.version).collect();
         assert_eq!(versions, HashSet::from(["HTTP/2.0".to_owned()]));
         assert_eq!(sim.refused_connections("dc1"), 0);
+
+        // A connection that closes is opened again on the next read.
+        sim.stop_listener("dc1").await;
+        let error = within(client.catalog_services("dc1", 0)).await.unwrap_err();
+        assert!(error.is_transport(), "{error}");
+        sim.start_listener("dc1").await.unwrap();
+        within(client.catalog_services("dc1", 0)).await.unwrap();
+
+        // A certificate from another CA is refused, naming the address.
+        let other = Sim::builder()
+            .dc("dc1", any)
+            .tls(true)
+            .start()
+            .await
+            .unwrap();
+        let other_ca = temp_file(&other.ca_pem().unwrap());
+        let wrong = ConsulClient::with_env(
+            &ConsulConfig {
+                ca_file: other_ca.as_str().to_owned(),
+                ..config.clone()
+            },
+            no_env,
+        )
+        .unwrap();
+        let error = within(wrong.catalog_services("dc1", 0)).await.unwrap_err();
+        let text = error.to_string();
+        assert!(
+            matches!(error, ConsulError::Connect { .. })
+                && text.contains(&config.address)
+                && text.contains("certificate"),
+            "{text}"
+        );
 
         // With http2 off, HTTPS is HTTP/1.1.
         let http1 = ConsulClient::with_env(

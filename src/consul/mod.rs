@@ -19,6 +19,7 @@
 mod api;
 mod blocking;
 mod client;
+mod h2;
 #[cfg(test)]
 mod testutil;
 mod transport;

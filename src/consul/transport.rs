@@ -10,8 +10,8 @@
 //! carries up to 250 concurrent requests per connection (Go's default
 //! `MaxConcurrentStreams`). So, per origin (scheme, host, port):
 //!
-//! - `https://` with `consul.http2` (the default): lanes, each a client
-//!   holding one HTTP/2 connection with at most [`STREAMS_PER_CONNECTION`]
+//! - `https://` with `consul.http2` (the default): lanes, each one HTTP/2
+//!   connection (see `h2`) with at most [`STREAMS_PER_CONNECTION`]
 //!   requests in flight. Requests fill the first lane with room; a new
 //!   lane opens when all are full, up to `consul.max_connections` lanes.
 //! - `http://` (or `consul.http2 = false`): one HTTP/1.1 connection per
@@ -31,7 +31,7 @@ use reqwest::Url;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use super::ConsulError;
+use super::h2::{Connection, Connector};
 
 /// Requests in flight on one HTTP/2 connection: under Go's default of 250
 /// concurrent streams, so a connection never queues requests itself.
@@ -40,18 +40,13 @@ pub const STREAMS_PER_CONNECTION: usize = 200;
 /// How often "all connections are busy" may be logged per origin.
 const BUSY_LOG_EVERY: Duration = Duration::from_secs(60);
 
-/// Builds one HTTP client: HTTP/2 only (`true`) or HTTP/1.1 only.
-pub type MakeClient = dyn Fn(bool) -> Result<reqwest::Client, ConsulError> + Send + Sync;
-
 /// The connections of a [`ConsulClient`](super::ConsulClient).
 pub struct Transport {
-    /// Builds the clients.
-    make: Box<MakeClient>,
     /// The HTTP/1.1 client (its pool holds one connection per request in
     /// flight).
     http1: reqwest::Client,
-    /// `consul.http2`: HTTP/2 lanes for `https://` origins.
-    http2: bool,
+    /// `consul.http2`: HTTP/2 lanes for `https://` origins, opened so.
+    http2: Option<Connector>,
     /// `consul.max_connections`, per origin.
     max_connections: usize,
     /// Per origin, its budget.
@@ -61,7 +56,7 @@ pub struct Transport {
 impl fmt::Debug for Transport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Transport")
-            .field("http2", &self.http2)
+            .field("http2", &self.http2.is_some())
             .field("max_connections", &self.max_connections)
             .finish_non_exhaustive()
     }
@@ -79,34 +74,46 @@ struct Budget {
     busy_logged: Mutex<Option<Instant>>,
 }
 
-/// One HTTP/2 connection (a client of its own, so its own pool).
+/// One HTTP/2 connection and its load.
+#[derive(Default)]
 struct Lane {
-    /// The client.
-    client: reqwest::Client,
+    /// The connection.
+    connection: Connection,
     /// Requests in flight on it.
     busy: AtomicUsize,
 }
 
-/// The right to send one request, and the client to send it with. The
-/// slot is given back when the lease is dropped (the answer read, or the
-/// request abandoned).
-pub struct Lease {
-    /// The client to use.
-    client: reqwest::Client,
-    /// The lane whose count this lease holds.
+/// How a leased request goes.
+pub enum Route<'a> {
+    /// Through the HTTP/1.1 client.
+    Http1(&'a reqwest::Client),
+    /// On an HTTP/2 connection.
+    Http2(&'a Connector, &'a Connection),
+}
+
+/// The right to send one request, and how to send it. The slot is given
+/// back when the lease is dropped (the answer read, or the request
+/// abandoned).
+pub struct Lease<'a> {
+    /// The transport.
+    transport: &'a Transport,
+    /// The lane whose count this lease holds (HTTP/2).
     lane: Option<Arc<Lane>>,
     /// The origin's permit.
     _permit: OwnedSemaphorePermit,
 }
 
-impl Lease {
-    /// The client to send the request with.
-    pub fn client(&self) -> &reqwest::Client {
-        &self.client
+impl Lease<'_> {
+    /// How to send the request.
+    pub fn route(&self) -> Route<'_> {
+        match (&self.lane, &self.transport.http2) {
+            (Some(lane), Some(connector)) => Route::Http2(connector, &lane.connection),
+            _ => Route::Http1(&self.transport.http1),
+        }
     }
 }
 
-impl Drop for Lease {
+impl Drop for Lease<'_> {
     fn drop(&mut self) {
         if let Some(lane) = &self.lane {
             lane.busy.fetch_sub(1, Ordering::Relaxed);
@@ -120,35 +127,25 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Transport {
-    /// A transport building its clients with `make`; the HTTP/1.1 client
-    /// is built at once, and so is one HTTP/2 client when `http2` is on,
-    /// so a TLS setting that cannot work fails here rather than later.
-    pub fn new(
-        make: Box<MakeClient>,
-        http2: bool,
-        max_connections: usize,
-    ) -> Result<Self, ConsulError> {
-        let http1 = make(false)?;
-        if http2 {
-            make(true)?;
-        }
-        Ok(Self {
-            make,
+    /// A transport sending with `http1`, and opening HTTP/2 connections
+    /// to `https://` origins with `http2` if given.
+    pub fn new(http1: reqwest::Client, http2: Option<Connector>, max_connections: usize) -> Self {
+        Self {
             http1,
             http2,
             max_connections: max_connections.max(1),
             origins: Mutex::new(HashMap::new()),
-        })
+        }
     }
 
     /// Waits for room to send one request to `url` and returns the client
     /// to send it with.
-    pub async fn lease(&self, url: &Url) -> Result<Lease, ConsulError> {
+    pub async fn lease(&self, url: &Url) -> Lease<'_> {
         let origin = url.origin().ascii_serialization();
         let budget = {
             let mut origins = lock(&self.origins);
             Arc::clone(origins.entry(origin).or_insert_with(|| {
-                let http2 = self.http2 && url.scheme() == "https";
+                let http2 = self.http2.is_some() && url.scheme() == "https";
                 let per_connection = if http2 { STREAMS_PER_CONNECTION } else { 1 };
                 Arc::new(Budget {
                     permits: Arc::new(Semaphore::new(self.max_connections * per_connection)),
@@ -166,38 +163,38 @@ impl Transport {
             .await
             .expect("the semaphore is never closed");
         if !budget.http2 {
-            return Ok(Lease {
-                client: self.http1.clone(),
+            return Lease {
+                transport: self,
                 lane: None,
                 _permit: permit,
-            });
+            };
         }
         let lane = {
             let mut lanes = lock(&budget.lanes);
             // The permits keep the requests in flight under
             // lanes × STREAMS_PER_CONNECTION, so when every lane is full
             // there is room for one more.
-            match lanes
+            let lane = match lanes
                 .iter()
                 .find(|lane| lane.busy.load(Ordering::Relaxed) < STREAMS_PER_CONNECTION)
             {
                 Some(lane) => Arc::clone(lane),
                 None => {
-                    let lane = Arc::new(Lane {
-                        client: (self.make)(true)?,
-                        busy: AtomicUsize::new(0),
-                    });
+                    let lane = Arc::new(Lane::default());
                     lanes.push(Arc::clone(&lane));
                     lane
                 }
-            }
+            };
+            // Counted under the lock, so two leases never both take the
+            // last place of a lane.
+            lane.busy.fetch_add(1, Ordering::Relaxed);
+            lane
         };
-        lane.busy.fetch_add(1, Ordering::Relaxed);
-        Ok(Lease {
-            client: lane.client.clone(),
+        Lease {
+            transport: self,
             lane: Some(lane),
             _permit: permit,
-        })
+        }
     }
 
     /// The HTTP/2 connections (lanes) opened to `url`'s origin so far.
