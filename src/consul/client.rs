@@ -461,22 +461,27 @@ impl ConsulClient {
                     .await?;
                 (answer.status, answer.headers, answer.body)
             }
+            // Boxed, as reqwest's futures are large: every watch task
+            // would otherwise carry room for them, whichever way it reads.
             Route::Http1(http) => {
-                let mut request = http.get(url).timeout(timeout);
-                if let Some(token) = &self.token {
-                    request = request.header(TOKEN_HEADER, token.clone());
-                }
-                let mut response = request
-                    .send()
-                    .await
-                    .map_err(|e| classify(&shown, timeout, &e))?;
-                let status = response.status();
-                let headers = std::mem::take(response.headers_mut());
-                let body = response
-                    .bytes()
-                    .await
-                    .map_err(|e| classify(&shown, timeout, &e))?;
-                (status, headers, body)
+                Box::pin(async {
+                    let mut request = http.get(url).timeout(timeout);
+                    if let Some(token) = &self.token {
+                        request = request.header(TOKEN_HEADER, token.clone());
+                    }
+                    let mut response = request
+                        .send()
+                        .await
+                        .map_err(|e| classify(&shown, timeout, &e))?;
+                    let status = response.status();
+                    let headers = std::mem::take(response.headers_mut());
+                    let body = response
+                        .bytes()
+                        .await
+                        .map_err(|e| classify(&shown, timeout, &e))?;
+                    Ok::<_, ConsulError>((status, headers, body))
+                })
+                .await?
             }
         };
         drop(lease);
@@ -1361,5 +1366,17 @@ mod tests {
         within(http1.catalog_services("dc1", 0)).await.unwrap();
         assert_eq!(sim.requests("dc1").pop().unwrap().version, "HTTP/1.1");
         assert_eq!(http1.agent_http2_connections(), 0);
+    }
+
+    #[test]
+    fn a_read_in_flight_is_small() {
+        // Thousands of watch tasks each hold one read; its future's size
+        // is their memory (the handshake and reqwest's futures are boxed).
+        let config = ConsulConfig::default();
+        let client = ConsulClient::with_env(&config, no_env).unwrap();
+        let read = client.service_health("dc1", "svc", 7, "dc1");
+        let size = size_of_val(&read);
+        println!("a service_health future: {size} bytes");
+        assert!(size <= 2048, "{size} bytes");
     }
 }

@@ -137,18 +137,22 @@ impl Connection {
             return Ok(sender.clone());
         }
         *held = None;
-        let sender = tokio::time::timeout(connector.connect_timeout, connect(connector, url))
-            .await
-            .unwrap_or_else(|_| {
-                Err(format!(
-                    "no connection within {:?}",
-                    connector.connect_timeout
-                ))
-            })
-            .map_err(|reason| ConsulError::Connect {
-                url: shown.to_owned(),
-                reason,
-            })?;
+        // Boxed: the handshake's state is large and rarely alive, and a
+        // read's future would otherwise carry room for it in every one of
+        // thousands of watch tasks.
+        let sender =
+            tokio::time::timeout(connector.connect_timeout, Box::pin(connect(connector, url)))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(format!(
+                        "no connection within {:?}",
+                        connector.connect_timeout
+                    ))
+                })
+                .map_err(|reason| ConsulError::Connect {
+                    url: shown.to_owned(),
+                    reason,
+                })?;
         *held = Some(sender.clone());
         Ok(sender)
     }
