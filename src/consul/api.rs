@@ -188,12 +188,16 @@ impl AgentSelf {
 pub(crate) fn decode_health(body: &[u8], translated: bool) -> Result<Vec<Instance>, String> {
     let entries: Option<Vec<Option<HealthEntry>>> =
         serde_json::from_slice(body).map_err(|e| e.to_string())?;
-    Ok(entries
+    let mut instances: Vec<Instance> = entries
         .unwrap_or_default()
         .into_iter()
         .flatten()
         .map(|entry| instance(entry, translated))
-        .collect())
+        .collect();
+    // Kept for as long as the service is watched: no spare capacity (a
+    // collect may reuse the larger buffer of the decoded entries).
+    instances.shrink_to_fit();
+    Ok(instances)
 }
 
 /// Decodes a `/v1/catalog/services` body into the service names.
@@ -309,7 +313,7 @@ fn instance(entry: HealthEntry, translated: bool) -> Instance {
         Some(w) => (clamp_weight(w.passing, 1), clamp_weight(w.warning, 0)),
         None => (1, 1),
     };
-    let checks = checks
+    let mut checks: Vec<Check> = checks
         .into_iter()
         .flatten()
         .map(|check| Check {
@@ -317,6 +321,7 @@ fn instance(entry: HealthEntry, translated: bool) -> Instance {
             id: check.check_id,
         })
         .collect();
+    checks.shrink_to_fit();
     Instance {
         node: node.node,
         service_id: service.id,
