@@ -249,6 +249,7 @@ impl ConsulClient {
                 build_url(&self.agent, &["v1", "agent", "self"], &[]),
                 self.timeout,
                 true,
+                false,
             )
             .await?;
         api::decode_agent_datacenter(&reply.body).map_err(|reason| ConsulError::Decode {
@@ -261,7 +262,7 @@ impl ConsulClient {
     /// (`GET /v1/catalog/datacenters`).
     pub async fn datacenters(&self) -> Result<Vec<String>, ConsulError> {
         let url = build_url(&self.agent, &["v1", "catalog", "datacenters"], &[]);
-        let reply = self.send(url, self.timeout, true).await?;
+        let reply = self.send(url, self.timeout, true, false).await?;
         api::decode_datacenters(&reply.body).map_err(|reason| ConsulError::Decode {
             url: reply.url,
             reason,
@@ -368,6 +369,9 @@ impl ConsulClient {
         if self.stale {
             query.push(("stale", None));
         }
+        // A health watch's blocking read: it may wait its turn for a
+        // connection; others never wait behind it.
+        let watch = index > 0 && path.starts_with(&["v1", "health"]);
         let mut agent_error = None;
         let mut direct_error = None;
         for address in self.route(dc) {
@@ -376,7 +380,7 @@ impl ConsulClient {
                 Address::Agent => (&self.agent, true),
             };
             match self
-                .send(build_url(base, path, &query), timeout, via_agent)
+                .send(build_url(base, path, &query), timeout, via_agent, watch)
                 .await
             {
                 Ok(reply) => {
@@ -451,9 +455,10 @@ impl ConsulClient {
         url: Url,
         timeout: Duration,
         via_agent: bool,
+        watch: bool,
     ) -> Result<Reply, ConsulError> {
         let shown = shown_url(&url);
-        let lease = self.transport.lease(&url).await;
+        let lease = self.transport.lease(&url, watch).await;
         let (status, headers, body) = match lease.route() {
             Route::Http2(connector, connection) => {
                 let answer = connection
@@ -1246,9 +1251,10 @@ mod tests {
             .filter_map(|r| r.as_ref().err().map(ToString::to_string))
             .collect();
         assert!(failed.is_empty(), "reads refused: {failed:?}");
-        // Three turns of four, each blocking for the 500 ms wait.
+        // Six turns of two (two of the four connections are kept for
+        // other reads), each blocking for the 500 ms wait.
         assert!(
-            start.elapsed() >= Duration::from_millis(1400),
+            start.elapsed() >= Duration::from_millis(2900),
             "{:?}",
             start.elapsed()
         );
@@ -1277,6 +1283,45 @@ mod tests {
             .count();
         assert!(refused >= 8, "{results:?}");
         assert!(sim.refused_connections("dc1") >= 8);
+    }
+
+    #[tokio::test]
+    async fn first_reads_never_wait_behind_blocking_reads() {
+        let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let sim = Sim::builder()
+            .dc("dc1", any)
+            .max_conns_per_client(4)
+            .start()
+            .await
+            .unwrap();
+        testutil::register(&sim, "dc1", "n1", "10.1.0.1", "svc", "passing");
+        let index = sim.raft_index("dc1");
+        let config = ConsulConfig {
+            wait: Duration::from_secs(5),
+            max_connections: 4,
+            ..testutil::config(&sim, "dc1").await
+        };
+        let client = Arc::new(ConsulClient::with_env(&config, no_env).unwrap());
+        // Six watches block for 5 s: two hold connections, four queue.
+        let waiting = tokio::spawn({
+            let client = Arc::clone(&client);
+            async move { blocking_reads(&client, 6, index).await }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // A new watch's first read and a catalog read still go at once.
+        let start = Instant::now();
+        let (_, instances) = within(client.service_health("dc1", "svc", 0, "dc1"))
+            .await
+            .unwrap();
+        within(client.catalog_services("dc1", 0)).await.unwrap();
+        assert_eq!(instances.len(), 1);
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            start.elapsed()
+        );
+        waiting.abort();
+        assert_eq!(sim.refused_connections("dc1"), 0);
     }
 
     #[tokio::test]

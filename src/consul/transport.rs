@@ -17,9 +17,12 @@
 //! - `http://` (or `consul.http2 = false`): one HTTP/1.1 connection per
 //!   request in flight, at most `consul.max_connections` at once.
 //!
-//! Past that capacity a request waits its turn (first come, first served)
-//! and a warning names the origin and the settings involved, once a
-//! minute.
+//! Blocking health reads may use all but an eighth of that (at least 8
+//! connections' worth, at most half), so the other reads (a new watch's
+//! first read, the catalog and prepared-query watches, probes) never wait
+//! behind reads that block for `consul.wait`. Past that capacity a
+//! blocking read waits its turn (first come, first served) and a warning
+//! names the origin and the settings involved, once a minute.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -36,6 +39,10 @@ use super::h2::{Connection, Connector};
 /// Requests in flight on one HTTP/2 connection: under Go's default of 250
 /// concurrent streams, so a connection never queues requests itself.
 pub const STREAMS_PER_CONNECTION: usize = 200;
+
+/// Connections kept for reads other than blocking health reads: an
+/// eighth of `consul.max_connections`, at least this many, at most half.
+const RESERVED_CONNECTIONS: usize = 8;
 
 /// How often "all connections are busy" may be logged per origin.
 const BUSY_LOG_EVERY: Duration = Duration::from_secs(60);
@@ -66,6 +73,11 @@ impl fmt::Debug for Transport {
 struct Budget {
     /// Requests that may be in flight at once.
     permits: Arc<Semaphore>,
+    /// Blocking health reads that may be in flight at once: fewer than
+    /// `permits`, so the other reads (first reads of new watches, the
+    /// catalog and prepared-query watches, probes) always find room
+    /// rather than waiting behind reads that block for `consul.wait`.
+    watches: Arc<Semaphore>,
     /// HTTP/2 lanes (none for HTTP/1.1).
     lanes: Mutex<Vec<Arc<Lane>>>,
     /// Whether this origin uses lanes.
@@ -101,6 +113,8 @@ pub struct Lease<'a> {
     lane: Option<Arc<Lane>>,
     /// The origin's permit.
     _permit: OwnedSemaphorePermit,
+    /// The permit of a blocking health read.
+    _watch: Option<OwnedSemaphorePermit>,
 }
 
 impl Lease<'_> {
@@ -138,26 +152,41 @@ impl Transport {
         }
     }
 
-    /// Waits for room to send one request to `url` and returns the client
-    /// to send it with.
-    pub async fn lease(&self, url: &Url) -> Lease<'_> {
+    /// Waits for room to send one request to `url` (a blocking health
+    /// read if `watch`) and returns the way to send it.
+    pub async fn lease(&self, url: &Url, watch: bool) -> Lease<'_> {
         let origin = url.origin().ascii_serialization();
         let budget = {
             let mut origins = lock(&self.origins);
             Arc::clone(origins.entry(origin).or_insert_with(|| {
                 let http2 = self.http2.is_some() && url.scheme() == "https";
                 let per_connection = if http2 { STREAMS_PER_CONNECTION } else { 1 };
+                let connections = self.max_connections;
+                let reserved = (connections / 8)
+                    .max(RESERVED_CONNECTIONS)
+                    .min(connections / 2);
                 Arc::new(Budget {
-                    permits: Arc::new(Semaphore::new(self.max_connections * per_connection)),
+                    permits: Arc::new(Semaphore::new(connections * per_connection)),
+                    watches: Arc::new(Semaphore::new((connections - reserved) * per_connection)),
                     lanes: Mutex::new(Vec::new()),
                     http2,
                     busy_logged: Mutex::new(None),
                 })
             }))
         };
-        if budget.permits.available_permits() == 0 {
-            self.log_busy(&budget, url);
-        }
+        let watch = if watch {
+            if budget.watches.available_permits() == 0 {
+                self.log_busy(&budget, url);
+            }
+            Some(
+                Arc::clone(&budget.watches)
+                    .acquire_owned()
+                    .await
+                    .expect("the semaphore is never closed"),
+            )
+        } else {
+            None
+        };
         let permit = Arc::clone(&budget.permits)
             .acquire_owned()
             .await
@@ -167,6 +196,7 @@ impl Transport {
                 transport: self,
                 lane: None,
                 _permit: permit,
+                _watch: watch,
             };
         }
         let lane = {
@@ -194,6 +224,7 @@ impl Transport {
             transport: self,
             lane: Some(lane),
             _permit: permit,
+            _watch: watch,
         }
     }
 
