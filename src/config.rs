@@ -607,7 +607,7 @@ fn check_domain(domain: &str) -> Result<(), String> {
 }
 
 fn check_url(address: &str) -> Result<(), String> {
-    match reqwest::Url::parse(address) {
+    match url::Url::parse(address) {
         Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => Ok(()),
         _ => Err(format!(
             "{address:?} is not an http:// or https:// URL, e.g. \"http://127.0.0.1:8500\""

@@ -19,7 +19,7 @@
 mod api;
 mod blocking;
 mod client;
-mod h2;
+mod connection;
 #[cfg(test)]
 mod testutil;
 mod transport;

@@ -30,11 +30,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use reqwest::Url;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
+use url::Url;
 
-use super::h2::{Connection, Connector};
+use super::connection::{Connection, Connector};
 
 /// Requests in flight on one HTTP/2 connection: under Go's default of 250
 /// concurrent streams, so a connection never queues requests itself.
@@ -49,11 +49,10 @@ const BUSY_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// The connections of a [`ConsulClient`](super::ConsulClient).
 pub struct Transport {
-    /// The HTTP/1.1 client (its pool holds one connection per request in
-    /// flight).
-    http1: reqwest::Client,
-    /// `consul.http2`: HTTP/2 lanes for `https://` origins, opened so.
-    http2: Option<Connector>,
+    /// Opens connections.
+    connector: Connector,
+    /// `consul.http2`: HTTP/2 for `https://` origins.
+    http2: bool,
     /// `consul.max_connections`, per origin.
     max_connections: usize,
     /// Per origin, its budget.
@@ -63,7 +62,7 @@ pub struct Transport {
 impl fmt::Debug for Transport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Transport")
-            .field("http2", &self.http2.is_some())
+            .field("http2", &self.http2)
             .field("max_connections", &self.max_connections)
             .finish_non_exhaustive()
     }
@@ -78,16 +77,15 @@ struct Budget {
     /// catalog and prepared-query watches, probes) always find room
     /// rather than waiting behind reads that block for `consul.wait`.
     watches: Arc<Semaphore>,
-    /// HTTP/2 lanes (none for HTTP/1.1).
+    /// The connections opened so far.
     lanes: Mutex<Vec<Arc<Lane>>>,
-    /// Whether this origin uses lanes.
+    /// Whether they speak HTTP/2 (else HTTP/1.1, one request at a time).
     http2: bool,
     /// When "all busy" was last logged.
     busy_logged: Mutex<Option<Instant>>,
 }
 
-/// One HTTP/2 connection and its load.
-#[derive(Default)]
+/// One connection and its load.
 struct Lane {
     /// The connection.
     connection: Connection,
@@ -95,22 +93,14 @@ struct Lane {
     busy: AtomicUsize,
 }
 
-/// How a leased request goes.
-pub enum Route<'a> {
-    /// Through the HTTP/1.1 client.
-    Http1(&'a reqwest::Client),
-    /// On an HTTP/2 connection.
-    Http2(&'a Connector, &'a Connection),
-}
-
-/// The right to send one request, and how to send it. The slot is given
-/// back when the lease is dropped (the answer read, or the request
-/// abandoned).
+/// The right to send one request, and the connection to send it on. The
+/// place is given back when the lease is dropped (the answer read, or the
+/// request abandoned).
 pub struct Lease<'a> {
     /// The transport.
     transport: &'a Transport,
-    /// The lane whose count this lease holds (HTTP/2).
-    lane: Option<Arc<Lane>>,
+    /// The lane whose count this lease holds.
+    lane: Arc<Lane>,
     /// The origin's permit.
     _permit: OwnedSemaphorePermit,
     /// The permit of a blocking health read.
@@ -118,20 +108,15 @@ pub struct Lease<'a> {
 }
 
 impl Lease<'_> {
-    /// How to send the request.
-    pub fn route(&self) -> Route<'_> {
-        match (&self.lane, &self.transport.http2) {
-            (Some(lane), Some(connector)) => Route::Http2(connector, &lane.connection),
-            _ => Route::Http1(&self.transport.http1),
-        }
+    /// The connector and the connection to send on.
+    pub fn connection(&self) -> (&Connector, &Connection) {
+        (&self.transport.connector, &self.lane.connection)
     }
 }
 
 impl Drop for Lease<'_> {
     fn drop(&mut self) {
-        if let Some(lane) = &self.lane {
-            lane.busy.fetch_sub(1, Ordering::Relaxed);
-        }
+        self.lane.busy.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -141,11 +126,11 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Transport {
-    /// A transport sending with `http1`, and opening HTTP/2 connections
-    /// to `https://` origins with `http2` if given.
-    pub fn new(http1: reqwest::Client, http2: Option<Connector>, max_connections: usize) -> Self {
+    /// A transport opening connections with `connector`: HTTP/2 to
+    /// `https://` origins if `http2`, else HTTP/1.1.
+    pub fn new(connector: Connector, http2: bool, max_connections: usize) -> Self {
         Self {
-            http1,
+            connector,
             http2,
             max_connections: max_connections.max(1),
             origins: Mutex::new(HashMap::new()),
@@ -159,7 +144,7 @@ impl Transport {
         let budget = {
             let mut origins = lock(&self.origins);
             Arc::clone(origins.entry(origin).or_insert_with(|| {
-                let http2 = self.http2.is_some() && url.scheme() == "https";
+                let http2 = self.http2 && url.scheme() == "https";
                 let per_connection = if http2 { STREAMS_PER_CONNECTION } else { 1 };
                 let connections = self.max_connections;
                 let reserved = (connections / 8)
@@ -191,26 +176,26 @@ impl Transport {
             .acquire_owned()
             .await
             .expect("the semaphore is never closed");
-        if !budget.http2 {
-            return Lease {
-                transport: self,
-                lane: None,
-                _permit: permit,
-                _watch: watch,
-            };
-        }
         let lane = {
             let mut lanes = lock(&budget.lanes);
-            // The permits keep the requests in flight under
-            // lanes × STREAMS_PER_CONNECTION, so when every lane is full
-            // there is room for one more.
+            // The permits keep the requests in flight under lanes × their
+            // capacity, so when every lane is full there is room for one
+            // more.
+            let per_connection = if budget.http2 {
+                STREAMS_PER_CONNECTION
+            } else {
+                1
+            };
             let lane = match lanes
                 .iter()
-                .find(|lane| lane.busy.load(Ordering::Relaxed) < STREAMS_PER_CONNECTION)
+                .find(|lane| lane.busy.load(Ordering::Relaxed) < per_connection)
             {
                 Some(lane) => Arc::clone(lane),
                 None => {
-                    let lane = Arc::new(Lane::default());
+                    let lane = Arc::new(Lane {
+                        connection: Connection::new(budget.http2),
+                        busy: AtomicUsize::new(0),
+                    });
                     lanes.push(Arc::clone(&lane));
                     lane
                 }
@@ -222,13 +207,13 @@ impl Transport {
         };
         Lease {
             transport: self,
-            lane: Some(lane),
+            lane,
             _permit: permit,
             _watch: watch,
         }
     }
 
-    /// The HTTP/2 connections (lanes) opened to `url`'s origin so far.
+    /// The connections (lanes) opened to `url`'s origin so far.
     pub fn lanes(&self, url: &Url) -> usize {
         lock(&self.origins)
             .get(&url.origin().ascii_serialization())

@@ -1,0 +1,357 @@
+//! One connection to Consul (HTTP/1.1 or HTTP/2, plain or TLS), on
+//! hyper's connection API rather than through a pooled client.
+//!
+//! The transport must know how many connections are open: Consul refuses
+//! more than 200 per client. A pooled client opens a new connection when
+//! a request starts before the previous answer's connection went back to
+//! its pool, and holds idle ones, so its count drifts past any budget
+//! (seen in tests: 429s at 150 requests in flight). And thirty thousand
+//! blocking reads in flight cost reqwest about 7 KB each (its boxed pooled
+//! future, a copy of the request kept for retries, header copies),
+//! measured with heaptrack on the scale benchmark. A lane needs none of
+//! that: it is one connection, opened again when it closes, sending a GET
+//! with the token and reading the answer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper::client::conn::{http1, http2};
+use hyper::header::{HOST, HeaderMap, HeaderValue, USER_AGENT};
+use hyper::{Request, StatusCode, Uri};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use url::Url;
+
+use super::ConsulError;
+use super::client::TOKEN_HEADER;
+
+/// How often an idle connection is pinged.
+const PING_EVERY: Duration = Duration::from_secs(30);
+/// How long a ping may go unanswered before the connection is dropped.
+const PING_TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest answer body read (a whole catalog of a big datacenter is a
+/// few MB).
+pub const MAX_BODY: usize = 64 << 20;
+
+/// What opening a connection needs.
+pub struct Connector {
+    /// TLS settings for HTTP/2 (ALPN `h2` only).
+    tls_h2: TlsConnector,
+    /// TLS settings for HTTP/1.1 (ALPN `http/1.1`).
+    tls_h1: TlsConnector,
+    /// Timeout of the TCP connect and TLS handshake together.
+    connect_timeout: Duration,
+}
+
+impl Connector {
+    /// A connector with these TLS settings (ALPN set per protocol).
+    pub fn new(tls: rustls::ClientConfig, connect_timeout: Duration) -> Self {
+        let mut h2 = tls.clone();
+        h2.alpn_protocols = vec![b"h2".to_vec()];
+        let mut h1 = tls;
+        h1.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Self {
+            tls_h2: TlsConnector::from(Arc::new(h2)),
+            tls_h1: TlsConnector::from(Arc::new(h1)),
+            connect_timeout,
+        }
+    }
+}
+
+/// The sending half of an open connection.
+#[derive(Clone)]
+enum Sender {
+    /// HTTP/1.1: one request at a time.
+    Http1(Arc<tokio::sync::Mutex<http1::SendRequest<Empty<Bytes>>>>),
+    /// HTTP/2: many at once.
+    Http2(http2::SendRequest<Empty<Bytes>>),
+}
+
+impl Sender {
+    /// Whether the connection closed.
+    fn is_closed(&self) -> bool {
+        match self {
+            Self::Http1(sender) => sender.try_lock().is_ok_and(|s| s.is_closed()),
+            Self::Http2(sender) => sender.is_closed(),
+        }
+    }
+}
+
+/// The answer to one request.
+pub struct Answer {
+    /// The status.
+    pub status: StatusCode,
+    /// The headers.
+    pub headers: HeaderMap,
+    /// The whole body.
+    pub body: Bytes,
+}
+
+/// One connection, opened on first use and again after it closed.
+pub struct Connection {
+    /// HTTP/2 (else HTTP/1.1).
+    http2: bool,
+    /// The sender of the open connection; the lock also makes concurrent
+    /// first requests wait for one handshake instead of opening several.
+    sender: tokio::sync::Mutex<Option<Sender>>,
+}
+
+impl Connection {
+    /// A connection speaking HTTP/2 (or HTTP/1.1), not yet open.
+    pub fn new(http2: bool) -> Self {
+        Self {
+            http2,
+            sender: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// Sends `GET url` with the token and reads the answer, all within
+    /// `timeout`.
+    pub async fn get(
+        &self,
+        connector: &Connector,
+        url: &Url,
+        shown: &str,
+        token: Option<&HeaderValue>,
+        timeout: Duration,
+    ) -> Result<Answer, ConsulError> {
+        let exchange = async {
+            // A reused connection the server closed meanwhile (an idle
+            // timeout) fails before any answer: then once more on a new one.
+            let mut reused = true;
+            loop {
+                let (sender, fresh) = self.sender(connector, url, shown).await?;
+                reused &= !fresh;
+                match self.exchange(sender, url, shown, token).await {
+                    Err(Failure::Unsent(error)) if reused => {
+                        tracing::debug!(url = shown, %error, "Consul connection closed; opening another");
+                        *self.sender.lock().await = None;
+                        reused = false;
+                    }
+                    Err(Failure::Unsent(error) | Failure::Failed(error)) => return Err(error),
+                    Ok(answer) => return Ok(answer),
+                }
+            }
+        };
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .unwrap_or_else(|_| {
+                Err(ConsulError::Timeout {
+                    url: shown.to_owned(),
+                    after: timeout,
+                })
+            })
+    }
+
+    /// One request on `sender`.
+    async fn exchange(
+        &self,
+        sender: Sender,
+        url: &Url,
+        shown: &str,
+        token: Option<&HeaderValue>,
+    ) -> Result<Answer, Failure> {
+        let uri: Uri = if self.http2 {
+            url.as_str().parse()
+        } else {
+            // HTTP/1.1 sends the path and query, the host goes in Host.
+            url[url::Position::BeforePath..].parse()
+        }
+        .map_err(|e| ConsulError::Transport {
+            url: shown.to_owned(),
+            reason: format!("{e}"),
+        })?;
+        let mut request = Request::get(uri).header(USER_AGENT, super::client::USER_AGENT);
+        if !self.http2 {
+            request = request.header(
+                HOST,
+                &url[url::Position::BeforeHost..url::Position::AfterPort],
+            );
+        }
+        if let Some(token) = token {
+            request = request.header(TOKEN_HEADER, token.clone());
+        }
+        let request = request
+            .body(Empty::new())
+            .map_err(|e| transport(shown, &e))?;
+        let response = match sender {
+            Sender::Http2(mut sender) => sender.send_request(request).await,
+            Sender::Http1(sender) => {
+                let mut sender = sender.lock().await;
+                match sender.ready().await {
+                    Ok(()) => sender.send_request(request).await,
+                    Err(e) => Err(e),
+                }
+            }
+        }
+        .map_err(|e| unsent_or_failed(shown, &e))?;
+        let (parts, body) = response.into_parts();
+        let body = Limited::new(body, MAX_BODY)
+            .collect()
+            .await
+            .map_err(|e| ConsulError::Transport {
+                url: shown.to_owned(),
+                reason: chain(&*e),
+            })?
+            .to_bytes();
+        Ok(Answer {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        })
+    }
+
+    /// The open connection's sender, connecting first if there is none;
+    /// whether it was opened now.
+    async fn sender(
+        &self,
+        connector: &Connector,
+        url: &Url,
+        shown: &str,
+    ) -> Result<(Sender, bool), ConsulError> {
+        let mut held = self.sender.lock().await;
+        if let Some(sender) = held.as_ref()
+            && !sender.is_closed()
+        {
+            return Ok((sender.clone(), false));
+        }
+        *held = None;
+        // Boxed: the handshake's state is large and rarely alive, and a
+        // read's future would otherwise carry room for it in every one of
+        // thousands of watch tasks.
+        let sender = tokio::time::timeout(
+            connector.connect_timeout,
+            Box::pin(connect(connector, url, self.http2)),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(format!(
+                "no connection within {:?}",
+                connector.connect_timeout
+            ))
+        })
+        .map_err(|reason| ConsulError::Connect {
+            url: shown.to_owned(),
+            reason,
+        })?;
+        *held = Some(sender.clone());
+        Ok((sender, true))
+    }
+}
+
+/// Opens a TCP connection, TLS for `https://` (ALPN `h2` or `http/1.1`),
+/// and the HTTP handshake; the connection runs in a task of its own until
+/// it closes.
+async fn connect(connector: &Connector, url: &Url, http2: bool) -> Result<Sender, String> {
+    let host = url.host().ok_or("the URL has no host")?;
+    let port = url.port_or_known_default().ok_or("the URL has no port")?;
+    let tcp = match host {
+        url::Host::Domain(domain) => TcpStream::connect((domain, port)).await,
+        url::Host::Ipv4(ip) => TcpStream::connect((ip, port)).await,
+        url::Host::Ipv6(ip) => TcpStream::connect((ip, port)).await,
+    }
+    .map_err(|e| e.to_string())?;
+    tcp.set_nodelay(true).map_err(|e| e.to_string())?;
+    if url.scheme() != "https" {
+        return handshake(TokioIo::new(tcp), http2).await;
+    }
+    let name = match host {
+        url::Host::Domain(domain) => {
+            ServerName::try_from(domain.to_owned()).map_err(|e| format!("{domain}: {e}"))?
+        }
+        url::Host::Ipv4(ip) => ServerName::from(std::net::IpAddr::V4(ip)),
+        url::Host::Ipv6(ip) => ServerName::from(std::net::IpAddr::V6(ip)),
+    };
+    let tls = if http2 {
+        &connector.tls_h2
+    } else {
+        &connector.tls_h1
+    };
+    let tls = tls.connect(name, tcp).await.map_err(|e| chain(&e))?;
+    if http2 && tls.get_ref().1.alpn_protocol() != Some(b"h2") {
+        return Err("the server does not offer HTTP/2 (ALPN h2); set consul.http2 = false".into());
+    }
+    handshake(TokioIo::new(tls), http2).await
+}
+
+/// The HTTP handshake on an open stream.
+async fn handshake<T>(io: TokioIo<T>, http2: bool) -> Result<Sender, String>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    if http2 {
+        let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(PING_EVERY)
+            .keep_alive_timeout(PING_TIMEOUT)
+            .keep_alive_while_idle(true)
+            .handshake(io)
+            .await
+            .map_err(|e| chain(&e))?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "HTTP/2 connection to Consul closed");
+            }
+        });
+        Ok(Sender::Http2(sender))
+    } else {
+        let (sender, connection) = http1::handshake(io).await.map_err(|e| chain(&e))?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "HTTP/1.1 connection to Consul closed");
+            }
+        });
+        Ok(Sender::Http1(Arc::new(tokio::sync::Mutex::new(sender))))
+    }
+}
+
+/// How a request failed.
+enum Failure {
+    /// Before the request went out (the connection was closed): it may be
+    /// sent again.
+    Unsent(ConsulError),
+    /// Otherwise.
+    Failed(ConsulError),
+}
+
+impl From<ConsulError> for Failure {
+    fn from(error: ConsulError) -> Self {
+        Self::Failed(error)
+    }
+}
+
+/// A send error: unsent if hyper says the request never went out.
+fn unsent_or_failed(shown: &str, error: &hyper::Error) -> Failure {
+    let failure = transport(shown, error);
+    if error.is_canceled() || error.is_closed() {
+        Failure::Unsent(failure)
+    } else {
+        Failure::Failed(failure)
+    }
+}
+
+/// A transport error for `shown`.
+fn transport(shown: &str, error: &(dyn std::error::Error + 'static)) -> ConsulError {
+    ConsulError::Transport {
+        url: shown.to_owned(),
+        reason: chain(error),
+    }
+}
+
+/// An error and its causes on one line, repeated texts dropped.
+fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = vec![error.to_string()];
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if parts.last() != Some(&text) {
+            parts.push(text);
+        }
+        source = cause.source();
+    }
+    parts.join(": ")
+}
