@@ -1125,9 +1125,10 @@ mod tests {
         results
     }
 
-    #[tokio::test]
-    async fn http1_blocking_reads_take_turns_within_consuls_connection_limit() {
-        // The agent allows 4 connections from us; 12 watches block at once.
+    /// One datacenter whose agent allows 4 connections from a client,
+    /// with `svc` registered; a client config using at most 4, blocking
+    /// for `wait`; and the index to block on.
+    async fn limited_to_four(wait: Duration) -> (Sim, ConsulConfig, u64) {
         let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
         let sim = Sim::builder()
             .dc("dc1", any)
@@ -1138,10 +1139,17 @@ mod tests {
         testutil::register(&sim, "dc1", "n1", "10.1.0.1", "svc", "passing");
         let index = sim.raft_index("dc1");
         let config = ConsulConfig {
-            wait: Duration::from_millis(500),
+            wait,
             max_connections: 4,
             ..testutil::config(&sim, "dc1").await
         };
+        (sim, config, index)
+    }
+
+    #[tokio::test]
+    async fn http1_blocking_reads_take_turns_within_consuls_connection_limit() {
+        // The agent allows 4 connections from us; 12 watches block at once.
+        let (sim, config, index) = limited_to_four(Duration::from_millis(500)).await;
         let client = Arc::new(ConsulClient::with_env(&config, no_env).unwrap());
         let start = Instant::now();
         let results = tokio::time::timeout(BOUND, blocking_reads(&client, 12, index))
@@ -1188,20 +1196,7 @@ mod tests {
 
     #[tokio::test]
     async fn first_reads_never_wait_behind_blocking_reads() {
-        let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let sim = Sim::builder()
-            .dc("dc1", any)
-            .max_conns_per_client(4)
-            .start()
-            .await
-            .unwrap();
-        testutil::register(&sim, "dc1", "n1", "10.1.0.1", "svc", "passing");
-        let index = sim.raft_index("dc1");
-        let config = ConsulConfig {
-            wait: Duration::from_secs(5),
-            max_connections: 4,
-            ..testutil::config(&sim, "dc1").await
-        };
+        let (sim, config, index) = limited_to_four(Duration::from_secs(5)).await;
         let client = Arc::new(ConsulClient::with_env(&config, no_env).unwrap());
         // Six watches block for 5 s: two hold connections, four queue.
         let waiting = tokio::spawn({
