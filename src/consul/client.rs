@@ -14,7 +14,7 @@ use rustls::pki_types::pem::PemObject;
 use tokio::time::Instant;
 use url::Url;
 
-use super::connection::Connector;
+use super::connection::{Answer, Connector};
 use super::transport::Transport;
 use super::{ConsulError, MAX_ERROR_BODY, api};
 use crate::config::{ConsulConfig, DEFAULT_CONSUL_ADDRESS};
@@ -70,7 +70,8 @@ struct Reply {
 /// remote datacenters. Cheap to share behind an `Arc`; every method is one
 /// request (or one per address tried).
 pub struct ConsulClient {
-    /// The HTTP clients (rustls), within Consul's connection limit.
+    /// The connections to Consul (TLS by rustls), within its per-client
+    /// limit; redirects are never followed, so the token stays with Consul.
     transport: Transport,
     /// The local agent.
     agent: Url,
@@ -428,11 +429,13 @@ impl ConsulClient {
     ) -> Result<Reply, ConsulError> {
         let shown = shown_url(&url);
         let lease = self.transport.lease(&url, watch).await;
-        let (connector, connection) = lease.connection();
-        let answer = connection
-            .get(connector, &url, &shown, self.token.as_ref(), timeout)
+        let Answer {
+            status,
+            headers,
+            body,
+        } = lease
+            .get(&url, &shown, self.token.as_ref(), timeout)
             .await?;
-        let (status, headers, body) = (answer.status, answer.headers, answer.body);
         drop(lease);
         let index = headers
             .get(INDEX_HEADER)

@@ -35,7 +35,7 @@ const PING_EVERY: Duration = Duration::from_secs(30);
 const PING_TIMEOUT: Duration = Duration::from_secs(10);
 /// The largest answer body read (a whole catalog of a big datacenter is a
 /// few MB).
-pub const MAX_BODY: usize = 64 << 20;
+const MAX_BODY: usize = 64 << 20;
 
 /// What opening a connection needs.
 pub struct Connector {
@@ -91,13 +91,23 @@ pub struct Answer {
     pub body: Bytes,
 }
 
+/// The open connection, if any, and how many were opened so far.
+#[derive(Default)]
+struct Held {
+    /// The sender of the open connection.
+    sender: Option<Sender>,
+    /// Connections opened so far: tells the one a request used from any
+    /// opened since.
+    opened: u64,
+}
+
 /// One connection, opened on first use and again after it closed.
 pub struct Connection {
     /// HTTP/2 (else HTTP/1.1).
     http2: bool,
-    /// The sender of the open connection; the lock also makes concurrent
-    /// first requests wait for one handshake instead of opening several.
-    sender: tokio::sync::Mutex<Option<Sender>>,
+    /// The open connection; the lock also makes concurrent first requests
+    /// wait for one handshake instead of opening several.
+    held: tokio::sync::Mutex<Held>,
 }
 
 impl Connection {
@@ -105,7 +115,7 @@ impl Connection {
     pub fn new(http2: bool) -> Self {
         Self {
             http2,
-            sender: tokio::sync::Mutex::new(None),
+            held: tokio::sync::Mutex::default(),
         }
     }
 
@@ -124,12 +134,17 @@ impl Connection {
             // timeout) fails before any answer: then once more on a new one.
             let mut reused = true;
             loop {
-                let (sender, fresh) = self.sender(connector, url, shown).await?;
+                let (sender, serial, fresh) = self.sender(connector, url, shown).await?;
                 reused &= !fresh;
                 match self.exchange(sender, url, shown, token).await {
                     Err(Failure::Unsent(error)) if reused => {
                         tracing::debug!(url = shown, %error, "Consul connection closed; opening another");
-                        *self.sender.lock().await = None;
+                        // Dropped only if no other request opened a new
+                        // one meanwhile.
+                        let mut held = self.held.lock().await;
+                        if held.opened == serial {
+                            held.sender = None;
+                        }
                         reused = false;
                     }
                     Err(Failure::Unsent(error) | Failure::Failed(error)) => return Err(error),
@@ -161,10 +176,7 @@ impl Connection {
             // HTTP/1.1 sends the path and query, the host goes in Host.
             url[url::Position::BeforePath..].parse()
         }
-        .map_err(|e| ConsulError::Transport {
-            url: shown.to_owned(),
-            reason: format!("{e}"),
-        })?;
+        .map_err(|e| transport(shown, &e))?;
         let mut request = Request::get(uri).header(USER_AGENT, super::client::USER_AGENT);
         if !self.http2 {
             request = request.header(
@@ -193,10 +205,7 @@ impl Connection {
         let body = Limited::new(body, MAX_BODY)
             .collect()
             .await
-            .map_err(|e| ConsulError::Transport {
-                url: shown.to_owned(),
-                reason: chain(&*e),
-            })?
+            .map_err(|e| transport(shown, &*e))?
             .to_bytes();
         Ok(Answer {
             status: parts.status,
@@ -206,20 +215,20 @@ impl Connection {
     }
 
     /// The open connection's sender, connecting first if there is none;
-    /// whether it was opened now.
+    /// its serial number, and whether it was opened now.
     async fn sender(
         &self,
         connector: &Connector,
         url: &Url,
         shown: &str,
-    ) -> Result<(Sender, bool), ConsulError> {
-        let mut held = self.sender.lock().await;
-        if let Some(sender) = held.as_ref()
+    ) -> Result<(Sender, u64, bool), ConsulError> {
+        let mut held = self.held.lock().await;
+        if let Some(sender) = held.sender.as_ref()
             && !sender.is_closed()
         {
-            return Ok((sender.clone(), false));
+            return Ok((sender.clone(), held.opened, false));
         }
-        *held = None;
+        held.sender = None;
         // Boxed: the handshake's state is large and rarely alive, and a
         // read's future would otherwise carry room for it in every one of
         // thousands of watch tasks.
@@ -238,8 +247,9 @@ impl Connection {
             url: shown.to_owned(),
             reason,
         })?;
-        *held = Some(sender.clone());
-        Ok((sender, true))
+        held.sender = Some(sender.clone());
+        held.opened += 1;
+        Ok((sender, held.opened, true))
     }
 }
 

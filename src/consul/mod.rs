@@ -30,7 +30,6 @@ use std::time::Duration;
 
 pub use blocking::{Backoff, BlockingIndex, IndexMove, RateLimit};
 pub use client::{ConsulClient, format_wait};
-pub use transport::STREAMS_PER_CONNECTION;
 pub use watcher::Watcher;
 
 /// Why a Consul request (or building the client) failed.

@@ -34,7 +34,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use url::Url;
 
-use super::connection::{Connection, Connector};
+use hyper::header::HeaderValue;
+
+use super::ConsulError;
+use super::connection::{Answer, Connection, Connector};
 
 /// Requests in flight on one HTTP/2 connection: under Go's default of 250
 /// concurrent streams, so a connection never queues requests itself.
@@ -81,6 +84,8 @@ struct Budget {
     lanes: Mutex<Vec<Arc<Lane>>>,
     /// Whether they speak HTTP/2 (else HTTP/1.1, one request at a time).
     http2: bool,
+    /// Requests in flight on one connection.
+    per_connection: usize,
     /// When "all busy" was last logged.
     busy_logged: Mutex<Option<Instant>>,
 }
@@ -108,9 +113,18 @@ pub struct Lease<'a> {
 }
 
 impl Lease<'_> {
-    /// The connector and the connection to send on.
-    pub fn connection(&self) -> (&Connector, &Connection) {
-        (&self.transport.connector, &self.lane.connection)
+    /// Sends `GET url` on the leased connection (see [`Connection::get`]).
+    pub async fn get(
+        &self,
+        url: &Url,
+        shown: &str,
+        token: Option<&HeaderValue>,
+        timeout: Duration,
+    ) -> Result<Answer, ConsulError> {
+        self.lane
+            .connection
+            .get(&self.transport.connector, url, shown, token, timeout)
+            .await
     }
 }
 
@@ -155,6 +169,7 @@ impl Transport {
                     watches: Arc::new(Semaphore::new((connections - reserved) * per_connection)),
                     lanes: Mutex::new(Vec::new()),
                     http2,
+                    per_connection,
                     busy_logged: Mutex::new(None),
                 })
             }))
@@ -181,14 +196,9 @@ impl Transport {
             // The permits keep the requests in flight under lanes × their
             // capacity, so when every lane is full there is room for one
             // more.
-            let per_connection = if budget.http2 {
-                STREAMS_PER_CONNECTION
-            } else {
-                1
-            };
             let lane = match lanes
                 .iter()
-                .find(|lane| lane.busy.load(Ordering::Relaxed) < per_connection)
+                .find(|lane| lane.busy.load(Ordering::Relaxed) < budget.per_connection)
             {
                 Some(lane) => Arc::clone(lane),
                 None => {

@@ -127,13 +127,21 @@ trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
 
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
 
-/// Completes the TLS handshake within `https_handshake_timeout`; `None`
-/// if it failed or took longer (the connection is then dropped).
-async fn handshake(acceptor: &TlsAcceptor, stream: TcpStream) -> Option<TlsStream<TcpStream>> {
-    tokio::time::timeout(HTTPS_HANDSHAKE_TIMEOUT, acceptor.accept(stream))
-        .await
-        .ok()?
-        .ok()
+/// The stream to speak HTTP on, and whether the client chose HTTP/2: the
+/// TCP stream itself, or TLS over it once the handshake completed within
+/// `https_handshake_timeout`; `None` if it failed or took longer (the
+/// connection is then dropped).
+async fn accept(stream: TcpStream, tls: Option<TlsAcceptor>) -> Option<(Box<dyn Stream>, bool)> {
+    let Some(acceptor) = tls else {
+        return Some((Box::new(stream), false));
+    };
+    let stream: TlsStream<TcpStream> =
+        tokio::time::timeout(HTTPS_HANDSHAKE_TIMEOUT, acceptor.accept(stream))
+            .await
+            .ok()?
+            .ok()?;
+    let h2 = stream.get_ref().1.alpn_protocol() == Some(ALPN_H2);
+    Some((Box::new(stream), h2))
 }
 
 /// Serves HTTP on one admitted connection until it closes.
@@ -144,15 +152,8 @@ async fn serve_connection(
     dc: String,
     peer: SocketAddr,
 ) {
-    let (stream, h2): (Box<dyn Stream>, bool) = match tls {
-        None => (Box::new(stream), false),
-        Some(acceptor) => {
-            let Some(stream) = handshake(&acceptor, stream).await else {
-                return;
-            };
-            let h2 = stream.get_ref().1.alpn_protocol() == Some(ALPN_H2);
-            (Box::new(stream), h2)
-        }
+    let Some((stream, h2)) = accept(stream, tls).await else {
+        return;
     };
     let service = service_fn(move |req| handle(sim.clone(), dc.clone(), peer, req));
     // HTTP/2 streams run as tasks of their own; they end when this
@@ -207,12 +208,8 @@ where
 /// turn the 429 into a reset); and the answer is written from the
 /// connection's own task, where Go writes it inside the accept loop.
 async fn refuse(stream: TcpStream, tls: Option<TlsAcceptor>) {
-    let mut stream: Box<dyn Stream> = match tls {
-        None => Box::new(stream),
-        Some(acceptor) => match handshake(&acceptor, stream).await {
-            Some(stream) => Box::new(stream),
-            None => return,
-        },
+    let Some((mut stream, _)) = accept(stream, tls).await else {
+        return;
     };
     let answer = format!(
         "HTTP/1.1 429 Too Many Requests\r\nContent-Type: text/plain\r\n\
