@@ -11,16 +11,24 @@
 //! measured with heaptrack on the scale benchmark. A lane needs none of
 //! that: it is one connection, opened again when it closes, sending a GET
 //! with the token and reading the answer.
+//!
+//! HTTP/2 goes through the `h2` crate directly rather than hyper's HTTP/2
+//! client: hyper spawns a task for every request to wait for its answer,
+//! sized for its largest variant (the connection itself, 2.5 KB), and a
+//! blocking read waits minutes for that answer; thirty thousand reads cost
+//! 70 MB of such tasks (heaptrack, scale benchmark). With `h2` a read in
+//! flight is its stream's state and the watch task awaiting it.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, Empty, Limited};
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http1;
 use hyper::header::{HOST, HeaderMap, HeaderValue, USER_AGENT};
-use hyper::{Request, StatusCode, Uri};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper::{Request, StatusCode, Uri, Version};
+use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -36,6 +44,11 @@ const PING_TIMEOUT: Duration = Duration::from_secs(10);
 /// The largest answer body read (a whole catalog of a big datacenter is a
 /// few MB).
 const MAX_BODY: usize = 64 << 20;
+/// HTTP/2 flow-control window per stream: an answer this large arrives
+/// without waiting for a window update.
+const STREAM_WINDOW: u32 = 1 << 20;
+/// HTTP/2 flow-control window per connection.
+const CONNECTION_WINDOW: u32 = 4 << 20;
 
 /// What opening a connection needs.
 pub struct Connector {
@@ -68,7 +81,12 @@ enum Sender {
     /// HTTP/1.1: one request at a time.
     Http1(Arc<tokio::sync::Mutex<http1::SendRequest<Empty<Bytes>>>>),
     /// HTTP/2: many at once.
-    Http2(http2::SendRequest<Empty<Bytes>>),
+    Http2 {
+        /// Opens streams.
+        sender: h2::client::SendRequest<Bytes>,
+        /// Set when the connection's task ended.
+        closed: Arc<AtomicBool>,
+    },
 }
 
 impl Sender {
@@ -76,7 +94,7 @@ impl Sender {
     fn is_closed(&self) -> bool {
         match self {
             Self::Http1(sender) => sender.try_lock().is_ok_and(|s| s.is_closed()),
-            Self::Http2(sender) => sender.is_closed(),
+            Self::Http2 { closed, .. } => closed.load(Ordering::Acquire),
         }
     }
 }
@@ -170,48 +188,10 @@ impl Connection {
         shown: &str,
         token: Option<&HeaderValue>,
     ) -> Result<Answer, Failure> {
-        let uri: Uri = if self.http2 {
-            url.as_str().parse()
-        } else {
-            // HTTP/1.1 sends the path and query, the host goes in Host.
-            url[url::Position::BeforePath..].parse()
+        match sender {
+            Sender::Http2 { sender, .. } => exchange_h2(sender, url, shown, token).await,
+            Sender::Http1(sender) => exchange_h1(&sender, url, shown, token).await,
         }
-        .map_err(|e| transport(shown, &e))?;
-        let mut request = Request::get(uri).header(USER_AGENT, super::client::USER_AGENT);
-        if !self.http2 {
-            request = request.header(
-                HOST,
-                &url[url::Position::BeforeHost..url::Position::AfterPort],
-            );
-        }
-        if let Some(token) = token {
-            request = request.header(TOKEN_HEADER, token.clone());
-        }
-        let request = request
-            .body(Empty::new())
-            .map_err(|e| transport(shown, &e))?;
-        let response = match sender {
-            Sender::Http2(mut sender) => sender.send_request(request).await,
-            Sender::Http1(sender) => {
-                let mut sender = sender.lock().await;
-                match sender.ready().await {
-                    Ok(()) => sender.send_request(request).await,
-                    Err(e) => Err(e),
-                }
-            }
-        }
-        .map_err(|e| unsent_or_failed(shown, &e))?;
-        let (parts, body) = response.into_parts();
-        let body = Limited::new(body, MAX_BODY)
-            .collect()
-            .await
-            .map_err(|e| transport(shown, &*e))?
-            .to_bytes();
-        Ok(Answer {
-            status: parts.status,
-            headers: parts.headers,
-            body,
-        })
     }
 
     /// The open connection's sender, connecting first if there is none;
@@ -253,6 +233,125 @@ impl Connection {
     }
 }
 
+/// One GET on an HTTP/2 connection: the request head ends the stream,
+/// the answer's body is read as it arrives, its flow-control capacity
+/// given back at once.
+async fn exchange_h2(
+    mut sender: h2::client::SendRequest<Bytes>,
+    url: &Url,
+    shown: &str,
+    token: Option<&HeaderValue>,
+) -> Result<Answer, Failure> {
+    let uri: Uri = url.as_str().parse().map_err(|e| transport(shown, &e))?;
+    let mut request = Request::get(uri)
+        .version(Version::HTTP_2)
+        .header(USER_AGENT, super::client::USER_AGENT);
+    if let Some(token) = token {
+        request = request.header(TOKEN_HEADER, token.clone());
+    }
+    let request = request.body(()).map_err(|e| transport(shown, &e))?;
+    // Errors before the stream opens: the connection is gone, nothing
+    // was sent.
+    std::future::poll_fn(|cx| sender.poll_ready(cx))
+        .await
+        .map_err(|e| Failure::Unsent(transport(shown, &e)))?;
+    let (response, _) = sender
+        .send_request(request, true)
+        .map_err(|e| Failure::Unsent(transport(shown, &e)))?;
+    drop(sender);
+    let response = response.await.map_err(|e| h2_failure(shown, &e))?;
+    let (parts, mut body) = response.into_parts();
+    // Most answers come in one DATA frame: kept as it is, not copied.
+    let mut first: Option<Bytes> = None;
+    let mut rest = BytesMut::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.map_err(|e| h2_failure(shown, &e))?;
+        let _ = body.flow_control().release_capacity(chunk.len());
+        let held = first.as_ref().map_or(0, Bytes::len) + rest.len();
+        if held + chunk.len() > MAX_BODY {
+            return Err(Failure::Failed(ConsulError::Transport {
+                url: shown.to_owned(),
+                reason: format!("the answer is larger than {MAX_BODY} bytes"),
+            }));
+        }
+        match &first {
+            None => first = Some(chunk),
+            Some(head) => {
+                if rest.is_empty() {
+                    rest.extend_from_slice(head);
+                }
+                rest.extend_from_slice(&chunk);
+            }
+        }
+    }
+    let body = if rest.is_empty() {
+        first.unwrap_or_default()
+    } else {
+        rest.freeze()
+    };
+    Ok(Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    })
+}
+
+/// An HTTP/2 error once the request went out: unsent if the server
+/// refused the stream or went away before it, or the connection broke
+/// (a GET is safe to send again); failed otherwise.
+fn h2_failure(shown: &str, error: &h2::Error) -> Failure {
+    let failure = transport(shown, error);
+    if error.is_go_away() || error.is_io() || error.reason() == Some(h2::Reason::REFUSED_STREAM) {
+        Failure::Unsent(failure)
+    } else {
+        Failure::Failed(failure)
+    }
+}
+
+/// One GET on an HTTP/1.1 connection (one request at a time).
+async fn exchange_h1(
+    sender: &tokio::sync::Mutex<http1::SendRequest<Empty<Bytes>>>,
+    url: &Url,
+    shown: &str,
+    token: Option<&HeaderValue>,
+) -> Result<Answer, Failure> {
+    // The path and query; the host goes in Host.
+    let uri: Uri = url[url::Position::BeforePath..]
+        .parse()
+        .map_err(|e| transport(shown, &e))?;
+    let mut request = Request::get(uri)
+        .header(USER_AGENT, super::client::USER_AGENT)
+        .header(
+            HOST,
+            &url[url::Position::BeforeHost..url::Position::AfterPort],
+        );
+    if let Some(token) = token {
+        request = request.header(TOKEN_HEADER, token.clone());
+    }
+    let request = request
+        .body(Empty::new())
+        .map_err(|e| transport(shown, &e))?;
+    let response = {
+        let mut sender = sender.lock().await;
+        match sender.ready().await {
+            Ok(()) => sender.send_request(request).await,
+            Err(e) => Err(e),
+        }
+    }
+    .map_err(|e| unsent_or_failed(shown, &e))?;
+    let (parts, body) = response.into_parts();
+    let body = Limited::new(body, MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| transport(shown, &*e))?
+        .to_bytes();
+    Ok(Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    })
+}
+
 /// Opens a TCP connection, TLS for `https://` (ALPN `h2` or `http/1.1`),
 /// and the HTTP handshake; the connection runs in a task of its own until
 /// it closes.
@@ -267,7 +366,7 @@ async fn connect(connector: &Connector, url: &Url, http2: bool) -> Result<Sender
     .map_err(|e| e.to_string())?;
     tcp.set_nodelay(true).map_err(|e| e.to_string())?;
     if url.scheme() != "https" {
-        return handshake(TokioIo::new(tcp), http2).await;
+        return handshake(tcp, http2).await;
     }
     let name = match host {
         url::Host::Domain(domain) => {
@@ -285,37 +384,67 @@ async fn connect(connector: &Connector, url: &Url, http2: bool) -> Result<Sender
     if http2 && tls.get_ref().1.alpn_protocol() != Some(b"h2") {
         return Err("the server does not offer HTTP/2 (ALPN h2); set consul.http2 = false".into());
     }
-    handshake(TokioIo::new(tls), http2).await
+    handshake(tls, http2).await
 }
 
 /// The HTTP handshake on an open stream.
-async fn handshake<T>(io: TokioIo<T>, http2: bool) -> Result<Sender, String>
+async fn handshake<T>(io: T, http2: bool) -> Result<Sender, String>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
     if http2 {
-        let (sender, connection) = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .keep_alive_interval(PING_EVERY)
-            .keep_alive_timeout(PING_TIMEOUT)
-            .keep_alive_while_idle(true)
-            .handshake(io)
+        let (sender, mut connection) = h2::client::Builder::new()
+            .enable_push(false)
+            .initial_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .handshake::<T, Bytes>(io)
             .await
             .map_err(|e| chain(&e))?;
+        let closed = Arc::new(AtomicBool::new(false));
+        let ping = connection.ping_pong();
+        let ended = closed.clone();
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, "HTTP/2 connection to Consul closed");
+            tokio::select! {
+                result = &mut connection => {
+                    if let Err(error) = result {
+                        tracing::debug!(%error, "HTTP/2 connection to Consul closed");
+                    }
+                }
+                reason = keep_alive(ping) => {
+                    tracing::debug!(reason, "HTTP/2 connection to Consul dropped");
+                }
             }
+            ended.store(true, Ordering::Release);
+            // Dropping the connection fails the streams still open.
         });
-        Ok(Sender::Http2(sender))
+        Ok(Sender::Http2 { sender, closed })
     } else {
-        let (sender, connection) = http1::handshake(io).await.map_err(|e| chain(&e))?;
+        let (sender, connection) = http1::handshake(TokioIo::new(io))
+            .await
+            .map_err(|e| chain(&e))?;
         tokio::spawn(async move {
             if let Err(error) = connection.await {
                 tracing::debug!(%error, "HTTP/1.1 connection to Consul closed");
             }
         });
         Ok(Sender::Http1(Arc::new(tokio::sync::Mutex::new(sender))))
+    }
+}
+
+/// Pings every [`PING_EVERY`], idle or not; returns why the connection
+/// should be dropped: a ping unanswered within [`PING_TIMEOUT`], or one
+/// that failed. Without a ping handle it never returns.
+async fn keep_alive(ping: Option<h2::PingPong>) -> String {
+    let Some(mut ping) = ping else {
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::time::sleep(PING_EVERY).await;
+        match tokio::time::timeout(PING_TIMEOUT, ping.ping(h2::Ping::opaque())).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => return format!("ping failed: {error}"),
+            Err(_) => return format!("no answer to a ping within {PING_TIMEOUT:?}"),
+        }
     }
 }
 
@@ -364,4 +493,37 @@ fn chain(error: &(dyn std::error::Error + 'static)) -> String {
         source = cause.source();
     }
     parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An HTTP/2 connection over an in-memory pipe, and the server's end
+    /// once its handshake is done (polled only by whoever holds it).
+    async fn http2_pair() -> (
+        Sender,
+        h2::server::Connection<tokio::io::DuplexStream, Bytes>,
+    ) {
+        let (client, server) = tokio::io::duplex(1 << 16);
+        let (sender, server) = tokio::join!(handshake(client, true), h2::server::handshake(server));
+        (sender.unwrap(), server.unwrap())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_http2_connection_that_answers_pings_stays_open() {
+        let (sender, mut server) = http2_pair().await;
+        tokio::spawn(async move { while server.accept().await.is_some() {} });
+        tokio::time::sleep(PING_EVERY * 4).await;
+        assert!(!sender.is_closed());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_http2_connection_whose_pings_go_unanswered_is_dropped() {
+        let (sender, _silent) = http2_pair().await;
+        tokio::time::sleep(PING_EVERY + PING_TIMEOUT / 2).await;
+        assert!(!sender.is_closed(), "dropped before the ping's time ran out");
+        tokio::time::sleep(PING_TIMEOUT).await;
+        assert!(sender.is_closed(), "kept after an unanswered ping");
+    }
 }
