@@ -177,6 +177,12 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        // Under BENCH_SERVER_WRAPPER the child is the wrapper: the server
+        // it started must not outlive the run (one left retrying a gone
+        // simulator skews later runs).
+        let _ = Command::new("pkill")
+            .args(["-KILL", "-P", &self.child.id().to_string()])
+            .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -35,7 +35,7 @@ use tokio_rustls::TlsConnector;
 use url::Url;
 
 use super::ConsulError;
-use super::client::TOKEN_HEADER;
+use super::client::{TOKEN_HEADER, shown_url};
 
 /// How often an idle connection is pinged.
 const PING_EVERY: Duration = Duration::from_secs(30);
@@ -143,7 +143,6 @@ impl Connection {
         &self,
         connector: &Connector,
         url: &Url,
-        shown: &str,
         token: Option<&HeaderValue>,
         timeout: Duration,
     ) -> Result<Answer, ConsulError> {
@@ -152,17 +151,20 @@ impl Connection {
             // timeout) fails before any answer: then once more on a new one.
             let mut reused = true;
             loop {
-                let (sender, serial, fresh) = self.sender(connector, url, shown).await?;
+                let (mut sender, serial, fresh) = match self.open_sender() {
+                    Some((sender, serial)) => (sender, serial, false),
+                    // Boxed: waiting for the lock or a handshake is rare,
+                    // and a read's future would otherwise keep room for it
+                    // while it waits minutes for its answer.
+                    None => Box::pin(self.sender(connector, url)).await?,
+                };
                 reused &= !fresh;
-                match self.exchange(sender, url, shown, token).await {
+                match exchange(&mut sender, url, token).await {
                     Err(Failure::Unsent(error)) if reused => {
-                        tracing::debug!(url = shown, %error, "Consul connection closed; opening another");
+                        tracing::debug!(url = %shown_url(url), %error, "Consul connection closed; opening another");
                         // Dropped only if no other request opened a new
                         // one meanwhile.
-                        let mut held = self.held.lock().await;
-                        if held.opened == serial {
-                            held.sender = None;
-                        }
+                        Box::pin(self.forget(serial)).await;
                         reused = false;
                     }
                     Err(Failure::Unsent(error) | Failure::Failed(error)) => return Err(error),
@@ -174,23 +176,26 @@ impl Connection {
             .await
             .unwrap_or_else(|_| {
                 Err(ConsulError::Timeout {
-                    url: shown.to_owned(),
+                    url: shown_url(url),
                     after: timeout,
                 })
             })
     }
 
-    /// One request on `sender`.
-    async fn exchange(
-        &self,
-        sender: Sender,
-        url: &Url,
-        shown: &str,
-        token: Option<&HeaderValue>,
-    ) -> Result<Answer, Failure> {
-        match sender {
-            Sender::Http2 { sender, .. } => exchange_h2(sender, url, shown, token).await,
-            Sender::Http1(sender) => exchange_h1(&sender, url, shown, token).await,
+    /// The open connection's sender and serial if one is open and its
+    /// lock free, without waiting.
+    fn open_sender(&self) -> Option<(Sender, u64)> {
+        let held = self.held.try_lock().ok()?;
+        let sender = held.sender.as_ref().filter(|sender| !sender.is_closed())?;
+        Some((sender.clone(), held.opened))
+    }
+
+    /// Drops the open connection if it is still the one numbered `serial`
+    /// (no other request opened a newer one meanwhile).
+    async fn forget(&self, serial: u64) {
+        let mut held = self.held.lock().await;
+        if held.opened == serial {
+            held.sender = None;
         }
     }
 
@@ -200,7 +205,6 @@ impl Connection {
         &self,
         connector: &Connector,
         url: &Url,
-        shown: &str,
     ) -> Result<(Sender, u64, bool), ConsulError> {
         let mut held = self.held.lock().await;
         if let Some(sender) = held.sender.as_ref()
@@ -224,7 +228,7 @@ impl Connection {
             ))
         })
         .map_err(|reason| ConsulError::Connect {
-            url: shown.to_owned(),
+            url: shown_url(url),
             reason,
         })?;
         held.sender = Some(sender.clone());
@@ -233,44 +237,72 @@ impl Connection {
     }
 }
 
+/// One request on `sender`.
+async fn exchange(
+    sender: &mut Sender,
+    url: &Url,
+    token: Option<&HeaderValue>,
+) -> Result<Answer, Failure> {
+    match sender {
+        Sender::Http2 { sender, .. } => exchange_h2(sender, url, token).await,
+        // Boxed: HTTP/1.1 reads are at most one per connection, while
+        // the HTTP/2 ones sized inline are hundreds per connection.
+        Sender::Http1(sender) => Box::pin(exchange_h1(sender, url, token)).await,
+    }
+}
+
 /// One GET on an HTTP/2 connection: the request head ends the stream,
 /// the answer's body is read as it arrives, its flow-control capacity
 /// given back at once.
 async fn exchange_h2(
-    mut sender: h2::client::SendRequest<Bytes>,
+    sender: &mut h2::client::SendRequest<Bytes>,
     url: &Url,
-    shown: &str,
     token: Option<&HeaderValue>,
 ) -> Result<Answer, Failure> {
-    let uri: Uri = url.as_str().parse().map_err(|e| transport(shown, &e))?;
+    // Errors before the stream opens: the connection is gone, nothing
+    // was sent.
+    std::future::poll_fn(|cx| sender.poll_ready(cx))
+        .await
+        .map_err(|e| Failure::Unsent(transport(url, &e)))?;
+    let uri: Uri = url.as_str().parse().map_err(|e| transport(url, &e))?;
     let mut request = Request::get(uri)
         .version(Version::HTTP_2)
         .header(USER_AGENT, super::client::USER_AGENT);
     if let Some(token) = token {
         request = request.header(TOKEN_HEADER, token.clone());
     }
-    let request = request.body(()).map_err(|e| transport(shown, &e))?;
-    // Errors before the stream opens: the connection is gone, nothing
-    // was sent.
-    std::future::poll_fn(|cx| sender.poll_ready(cx))
-        .await
-        .map_err(|e| Failure::Unsent(transport(shown, &e)))?;
+    let request = request.body(()).map_err(|e| transport(url, &e))?;
     let (response, _) = sender
         .send_request(request, true)
-        .map_err(|e| Failure::Unsent(transport(shown, &e)))?;
-    drop(sender);
-    let response = response.await.map_err(|e| h2_failure(shown, &e))?;
+        .map_err(|e| Failure::Unsent(transport(url, &e)))?;
+    let response = response.await.map_err(|e| h2_failure(url, &e))?;
+    // Boxed: the body's state is alive for an instant, the wait for the
+    // head above for minutes.
+    Box::pin(read_h2_body(response, url)).await
+}
+
+/// Reads an HTTP/2 answer's body as it arrives, giving its flow-control
+/// capacity back at once.
+async fn read_h2_body(
+    response: hyper::Response<h2::RecvStream>,
+    url: &Url,
+) -> Result<Answer, Failure> {
     let (parts, mut body) = response.into_parts();
     // Most answers come in one DATA frame: kept as it is, not copied.
     let mut first: Option<Bytes> = None;
     let mut rest = BytesMut::new();
     while let Some(chunk) = body.data().await {
-        let chunk = chunk.map_err(|e| h2_failure(shown, &e))?;
+        let chunk = chunk.map_err(|e| h2_failure(url, &e))?;
         let _ = body.flow_control().release_capacity(chunk.len());
-        let held = first.as_ref().map_or(0, Bytes::len) + rest.len();
+        // `rest` holds the first chunk too once there is a second.
+        let held = if rest.is_empty() {
+            first.as_ref().map_or(0, Bytes::len)
+        } else {
+            rest.len()
+        };
         if held + chunk.len() > MAX_BODY {
             return Err(Failure::Failed(ConsulError::Transport {
-                url: shown.to_owned(),
+                url: shown_url(url),
                 reason: format!("the answer is larger than {MAX_BODY} bytes"),
             }));
         }
@@ -299,8 +331,8 @@ async fn exchange_h2(
 /// An HTTP/2 error once the request went out: unsent if the server
 /// refused the stream or went away before it, or the connection broke
 /// (a GET is safe to send again); failed otherwise.
-fn h2_failure(shown: &str, error: &h2::Error) -> Failure {
-    let failure = transport(shown, error);
+fn h2_failure(url: &Url, error: &h2::Error) -> Failure {
+    let failure = transport(url, error);
     if error.is_go_away() || error.is_io() || error.reason() == Some(h2::Reason::REFUSED_STREAM) {
         Failure::Unsent(failure)
     } else {
@@ -312,13 +344,12 @@ fn h2_failure(shown: &str, error: &h2::Error) -> Failure {
 async fn exchange_h1(
     sender: &tokio::sync::Mutex<http1::SendRequest<Empty<Bytes>>>,
     url: &Url,
-    shown: &str,
     token: Option<&HeaderValue>,
 ) -> Result<Answer, Failure> {
     // The path and query; the host goes in Host.
     let uri: Uri = url[url::Position::BeforePath..]
         .parse()
-        .map_err(|e| transport(shown, &e))?;
+        .map_err(|e| transport(url, &e))?;
     let mut request = Request::get(uri)
         .header(USER_AGENT, super::client::USER_AGENT)
         .header(
@@ -328,9 +359,7 @@ async fn exchange_h1(
     if let Some(token) = token {
         request = request.header(TOKEN_HEADER, token.clone());
     }
-    let request = request
-        .body(Empty::new())
-        .map_err(|e| transport(shown, &e))?;
+    let request = request.body(Empty::new()).map_err(|e| transport(url, &e))?;
     let response = {
         let mut sender = sender.lock().await;
         match sender.ready().await {
@@ -338,12 +367,12 @@ async fn exchange_h1(
             Err(e) => Err(e),
         }
     }
-    .map_err(|e| unsent_or_failed(shown, &e))?;
+    .map_err(|e| unsent_or_failed(url, &e))?;
     let (parts, body) = response.into_parts();
     let body = Limited::new(body, MAX_BODY)
         .collect()
         .await
-        .map_err(|e| transport(shown, &*e))?
+        .map_err(|e| transport(url, &*e))?
         .to_bytes();
     Ok(Answer {
         status: parts.status,
@@ -464,8 +493,8 @@ impl From<ConsulError> for Failure {
 }
 
 /// A send error: unsent if hyper says the request never went out.
-fn unsent_or_failed(shown: &str, error: &hyper::Error) -> Failure {
-    let failure = transport(shown, error);
+fn unsent_or_failed(url: &Url, error: &hyper::Error) -> Failure {
+    let failure = transport(url, error);
     if error.is_canceled() || error.is_closed() {
         Failure::Unsent(failure)
     } else {
@@ -473,10 +502,10 @@ fn unsent_or_failed(shown: &str, error: &hyper::Error) -> Failure {
     }
 }
 
-/// A transport error for `shown`.
-fn transport(shown: &str, error: &(dyn std::error::Error + 'static)) -> ConsulError {
+/// A transport error for `url` (shown with any password masked).
+fn transport(url: &Url, error: &(dyn std::error::Error + 'static)) -> ConsulError {
     ConsulError::Transport {
-        url: shown.to_owned(),
+        url: shown_url(url),
         reason: chain(error),
     }
 }
@@ -522,7 +551,10 @@ mod tests {
     async fn an_http2_connection_whose_pings_go_unanswered_is_dropped() {
         let (sender, _silent) = http2_pair().await;
         tokio::time::sleep(PING_EVERY + PING_TIMEOUT / 2).await;
-        assert!(!sender.is_closed(), "dropped before the ping's time ran out");
+        assert!(
+            !sender.is_closed(),
+            "dropped before the ping's time ran out"
+        );
         tokio::time::sleep(PING_TIMEOUT).await;
         assert!(sender.is_closed(), "kept after an unanswered ping");
     }

@@ -113,18 +113,17 @@ pub struct Lease<'a> {
 }
 
 impl Lease<'_> {
-    /// Sends `GET url` on the leased connection (see [`Connection::get`]).
-    pub async fn get(
-        &self,
-        url: &Url,
-        shown: &str,
-        token: Option<&HeaderValue>,
+    /// Sends `GET url` on the leased connection (see [`Connection::get`]);
+    /// the connection's own future, no layer of its own around it.
+    pub fn get<'a>(
+        &'a self,
+        url: &'a Url,
+        token: Option<&'a HeaderValue>,
         timeout: Duration,
-    ) -> Result<Answer, ConsulError> {
+    ) -> impl Future<Output = Result<Answer, ConsulError>> + Send + 'a {
         self.lane
             .connection
-            .get(&self.transport.connector, url, shown, token, timeout)
-            .await
+            .get(&self.transport.connector, url, token, timeout)
     }
 }
 

@@ -575,8 +575,8 @@ pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// The blocking loop (reference §2): read at the current index, store what
 /// changed, follow the index rules; on errors back off and keep the data.
 async fn watch_loop<T: Target>(shared: Arc<Shared>, target: T, stop: CancellationToken) {
-    let datacenter = target.datacenter().to_owned();
-    let service = target.service().map(str::to_owned);
+    let datacenter = target.datacenter();
+    let service = target.service();
     let mut index = BlockingIndex::new();
     let mut backoff = Backoff::default();
     let mut limit = RateLimit::default();
@@ -631,7 +631,7 @@ async fn watch_loop<T: Target>(shared: Arc<Shared>, target: T, stop: Cancellatio
                 target.outcome(&shared, true);
             }
             Err(error) => {
-                shared.metrics.watch_error(&datacenter);
+                shared.metrics.watch_error(datacenter);
                 if errors == 0 {
                     tracing::warn!(
                         datacenter,
