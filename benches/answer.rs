@@ -15,11 +15,12 @@ use std::collections::{BTreeMap, HashSet};
 use std::hint::black_box;
 use std::net::Ipv4Addr;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use consul_failover_dns::config::Config;
 use consul_failover_dns::health::{
-    Addresses, Check, CheckStatus, HealthView, Instance, ServiceHealth, ServiceKey,
+    Addresses, Check, CheckStatus, HealthView, Instance, NodeInfo, ServiceHealth, ServiceKey,
 };
 use consul_failover_dns::resolve::{Context, Outcome, Question, Resolver};
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -50,18 +51,20 @@ fn instance(dc: usize, service: usize, i: usize, status: CheckStatus) -> Instanc
         ..Addresses::default()
     };
     Instance {
-        node: format!("node-{dc}-{service}-{i}"),
+        node: Arc::new(NodeInfo {
+            name: format!("node-{dc}-{service}-{i}"),
+            lan: lan.clone(),
+            wan: lan.clone(),
+            meta: BTreeMap::new(),
+        }),
         service_id: format!("svc{service}"),
         lan: lan.clone(),
-        wan: lan.clone(),
+        wan: lan,
         service_address: false,
-        node_lan: lan.clone(),
-        node_wan: lan,
         port: 8080,
         wan_port: None,
         tags: vec!["v1".to_owned()],
         service_meta: BTreeMap::new(),
-        node_meta: BTreeMap::new(),
         weight_passing: 1,
         weight_warning: 1,
         checks: vec![Check {

@@ -93,8 +93,8 @@ impl Addresses {
 /// `/v1/health/service` entry gives it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Instance {
-    /// The node name.
-    pub node: String,
+    /// The node, shared by every instance on it (see [`NodeInfo`]).
+    pub node: Arc<NodeInfo>,
     /// The service ID.
     pub service_id: String,
     /// Addresses clients in the same datacenter use.
@@ -105,24 +105,18 @@ pub struct Instance {
     /// Whether `lan` came from the service's own address (SRV targets then
     /// use the `<hex>.addr` form) rather than the node's.
     pub service_address: bool,
-    /// The node's own LAN addresses (`<node>.node` answers).
-    pub node_lan: Addresses,
-    /// The node's WAN tagged addresses; empty when none are tagged.
-    pub node_wan: Addresses,
     /// The service port.
     pub port: u16,
     /// The port for other datacenters (the service's `wan` tagged address).
     pub wan_port: Option<u16>,
-    /// Service tags.
-    pub tags: Vec<String>,
-    /// Service metadata.
-    pub service_meta: BTreeMap<String, String>,
-    /// Node metadata.
-    pub node_meta: BTreeMap<String, String>,
     /// `Weights.Passing`.
     pub weight_passing: u16,
     /// `Weights.Warning`.
     pub weight_warning: u16,
+    /// Service tags.
+    pub tags: Vec<String>,
+    /// Service metadata.
+    pub service_meta: BTreeMap<String, String>,
     /// Node and service checks.
     pub checks: Vec<Check>,
 }
@@ -146,20 +140,22 @@ impl Instance {
 #[cfg(test)]
 pub(crate) fn test_instance(node: &str, address: &str, status: CheckStatus) -> Instance {
     Instance {
-        node: node.to_owned(),
+        node: Arc::new(NodeInfo {
+            name: node.to_owned(),
+            lan: Addresses::from_consul(address, None, None),
+            wan: Addresses::default(),
+            meta: BTreeMap::new(),
+        }),
         service_id: "svc".to_owned(),
         lan: Addresses::from_consul(address, None, None),
         wan: Addresses::default(),
         service_address: false,
-        node_lan: Addresses::from_consul(address, None, None),
-        node_wan: Addresses::default(),
         port: 3000,
         wan_port: None,
-        tags: vec![],
-        service_meta: BTreeMap::new(),
-        node_meta: BTreeMap::new(),
         weight_passing: 10,
         weight_warning: 1,
+        tags: vec![],
+        service_meta: BTreeMap::new(),
         checks: vec![
             Check {
                 id: "serfHealth".to_owned(),
@@ -194,8 +190,10 @@ pub enum Data<T> {
 /// The services one datacenter's catalog lists.
 pub type Catalog = HashSet<String>;
 
-/// A node as the watched services show it (`<node>.node` answers).
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A node as its services' health entries show it: one value shared by
+/// every instance on the node (see [`NodeCache`]), and what `<node>.node`
+/// answers read.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NodeInfo {
     /// The node name as Consul spells it.
     pub name: String,
@@ -203,16 +201,77 @@ pub struct NodeInfo {
     pub lan: Addresses,
     /// Its WAN tagged addresses (empty when none).
     pub wan: Addresses,
+    /// Node metadata.
+    pub meta: BTreeMap<String, String>,
 }
 
-impl NodeInfo {
-    /// The node of an instance.
-    pub fn of(instance: &Instance) -> Self {
-        Self {
-            name: instance.node.clone(),
-            lan: instance.node_lan.clone(),
-            wan: instance.node_wan.clone(),
+/// Hands out one shared [`NodeInfo`] per node and datacenter, so the
+/// instances of a node's many services hold its name, addresses and
+/// metadata once (a datacenter has far fewer nodes than instances).
+/// Entries of nodes no instance holds any more are swept as the cache
+/// grows.
+#[derive(Debug, Default)]
+pub struct NodeCache {
+    /// Datacenter → node name → the shared value.
+    nodes: Mutex<NodeMap>,
+}
+
+/// The map inside a [`NodeCache`].
+#[derive(Debug, Default)]
+struct NodeMap {
+    /// Datacenter → node name → the shared value.
+    by_dc: HashMap<String, HashMap<String, std::sync::Weak<NodeInfo>>>,
+    /// Entries in `by_dc`.
+    entries: usize,
+    /// Entries after the last sweep.
+    after_sweep: usize,
+}
+
+impl NodeCache {
+    /// The shared value equal to each of `nodes` (datacenter `datacenter`),
+    /// in order; a node whose data changed gets a new value.
+    pub fn share(&self, datacenter: &str, nodes: Vec<NodeInfo>) -> Vec<Arc<NodeInfo>> {
+        let mut map = self.nodes.lock().unwrap_or_else(PoisonError::into_inner);
+        let map = &mut *map;
+        if !map.by_dc.contains_key(datacenter) {
+            map.by_dc.insert(datacenter.to_owned(), HashMap::new());
         }
+        let known = map.by_dc.get_mut(datacenter).expect("inserted above");
+        let mut added = 0;
+        let shared = nodes
+            .into_iter()
+            .map(|node| {
+                if let Some(current) = known.get(&node.name).and_then(std::sync::Weak::upgrade)
+                    && *current == node
+                {
+                    return current;
+                }
+                let name = node.name.clone();
+                let node = Arc::new(node);
+                if known.insert(name, Arc::downgrade(&node)).is_none() {
+                    added += 1;
+                }
+                node
+            })
+            .collect();
+        map.entries += added;
+        // Amortised: a sweep once the map doubled since the last one.
+        if map.entries > 2 * map.after_sweep.max(1024) {
+            for known in map.by_dc.values_mut() {
+                known.retain(|_, node| node.strong_count() > 0);
+            }
+            map.entries = map.by_dc.values().map(HashMap::len).sum();
+            map.after_sweep = map.entries;
+        }
+        shared
+    }
+
+    /// Nodes in the cache, live or not yet swept.
+    pub fn len(&self) -> usize {
+        self.nodes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entries
     }
 }
 
@@ -547,23 +606,22 @@ impl HealthView {
         let node_key = |name: &str| (key.datacenter.clone(), name.to_ascii_lowercase());
         let mut kept = HashSet::new();
         for instance in new.map_or(&[][..], |h| &h.instances) {
-            let node_key = node_key(&instance.node);
-            let info = NodeInfo::of(instance);
+            let node_key = node_key(&instance.node.name);
             let mut entry = self
                 .nodes
                 .entry(node_key.clone())
                 .or_insert_with(|| NodeEntry {
-                    info: Arc::new(info.clone()),
+                    info: Arc::clone(&instance.node),
                     services: HashSet::new(),
                 });
-            if *entry.info != info {
-                entry.info = Arc::new(info);
+            if entry.info != instance.node {
+                entry.info = Arc::clone(&instance.node);
             }
             entry.services.insert(key.service.clone());
             kept.insert(node_key);
         }
         for instance in old.map_or(&[][..], |h| &h.instances) {
-            let node_key = node_key(&instance.node);
+            let node_key = node_key(&instance.node.name);
             if kept.contains(&node_key) {
                 continue;
             }
@@ -732,6 +790,49 @@ impl HealthLookup for HealthView {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn node(name: &str, address: &str) -> NodeInfo {
+        NodeInfo {
+            name: name.to_owned(),
+            lan: Addresses::from_consul(address, None, None),
+            ..NodeInfo::default()
+        }
+    }
+
+    #[test]
+    fn instances_of_one_node_share_it_until_it_changes() {
+        let cache = NodeCache::default();
+        let web = cache.share("dc1", vec![node("n1", "10.0.0.1"), node("n2", "10.0.0.2")]);
+        let db = cache.share("dc1", vec![node("n1", "10.0.0.1")]);
+        assert!(Arc::ptr_eq(&web[0], &db[0]), "one value for n1");
+        assert!(!Arc::ptr_eq(&web[0], &web[1]));
+        let other_dc = cache.share("dc2", vec![node("n1", "10.0.0.1")]);
+        assert!(!Arc::ptr_eq(&web[0], &other_dc[0]), "per datacenter");
+        // A changed node is a new value; holders of the old keep theirs.
+        let moved = cache.share("dc1", vec![node("n1", "10.0.0.9")]);
+        assert!(!Arc::ptr_eq(&moved[0], &web[0]));
+        assert_eq!(web[0].lan.v4, Some(Ipv4Addr::new(10, 0, 0, 1)));
+        assert_eq!(moved[0].lan.v4, Some(Ipv4Addr::new(10, 0, 0, 9)));
+        let again = cache.share("dc1", vec![node("n1", "10.0.0.9")]);
+        assert!(Arc::ptr_eq(&moved[0], &again[0]));
+    }
+
+    #[test]
+    fn nodes_no_instance_holds_are_swept() {
+        let cache = NodeCache::default();
+        let kept = cache.share("dc1", vec![node("kept", "10.0.0.1")]);
+        for round in 0..10 {
+            let batch: Vec<NodeInfo> = (0..1000)
+                .map(|i| node(&format!("n{round}-{i}"), "10.0.0.2"))
+                .collect();
+            drop(cache.share("dc1", batch));
+        }
+        // 10,001 nodes went through; the dropped ones are swept as the
+        // map doubles, so it never holds more than twice the floor.
+        assert!(cache.len() <= 2 * 1024 + 1000, "{} entries", cache.len());
+        let again = cache.share("dc1", vec![node("kept", "10.0.0.1")]);
+        assert!(Arc::ptr_eq(&kept[0], &again[0]), "a live node survives sweeps");
+    }
 
     fn check(id: &str, status: CheckStatus) -> Check {
         Check {

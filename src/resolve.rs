@@ -916,7 +916,7 @@ impl Resolver {
                         _ => instance.weight_passing,
                     };
                     let ip = a.v4.map(IpAddr::V4).or(a.v6.map(IpAddr::V6));
-                    let key = (instance.node.clone(), ip, a.hostname.clone(), port);
+                    let key = (instance.node.name.clone(), ip, a.hostname.clone(), port);
                     if !seen.insert(key) {
                         continue;
                     }
@@ -928,7 +928,7 @@ impl Resolver {
                         (None, None) => continue,
                         (Some(ip), _) => {
                             let node_target = (!instance.service_address && !wan)
-                                .then(|| node_name(&instance.node, dc, zone.domain))
+                                .then(|| node_name(&instance.node.name, dc, zone.domain))
                                 .flatten();
                             let target =
                                 node_target.unwrap_or_else(|| addr_name(ip, dc, zone.domain));
@@ -1014,7 +1014,7 @@ pub fn usable_instances<'a>(instances: &'a [Instance], def: &QueryDef) -> Vec<&'
         .filter(|i| {
             def.node_meta
                 .iter()
-                .all(|(k, v)| i.node_meta.get(k) == Some(v))
+                .all(|(k, v)| i.node.meta.get(k) == Some(v))
         })
         .filter(|i| {
             def.service_meta

@@ -11,7 +11,12 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Deserializer};
 
-use crate::health::{Addresses, Check, CheckStatus, Instance};
+use std::sync::{Arc, LazyLock};
+
+use crate::health::{Addresses, Check, CheckStatus, Instance, NodeInfo};
+
+/// The node an instance holds until its shared one is set.
+static NO_NODE: LazyLock<Arc<NodeInfo>> = LazyLock::new(Arc::default);
 
 //------------ Lenient field helpers ------------------------------------------
 
@@ -185,15 +190,25 @@ impl AgentSelf {
 /// the agent rewrote addresses to WAN ones (`translate_wan_addrs` on, a
 /// remote datacenter read through it): the LAN view is then rebuilt from
 /// the `lan` tagged addresses where they exist.
-pub(crate) fn decode_health(body: &[u8], translated: bool) -> Result<Vec<Instance>, String> {
+///
+/// `share` turns the entries' nodes into shared values, in order (see
+/// [`NodeCache::share`](crate::health::NodeCache::share)).
+pub(crate) fn decode_health(
+    body: &[u8],
+    translated: bool,
+    share: impl FnOnce(Vec<NodeInfo>) -> Vec<Arc<NodeInfo>>,
+) -> Result<Vec<Instance>, String> {
     let entries: Option<Vec<Option<HealthEntry>>> =
         serde_json::from_slice(body).map_err(|e| e.to_string())?;
-    let mut instances: Vec<Instance> = entries
+    let (nodes, mut instances): (Vec<NodeInfo>, Vec<Instance>) = entries
         .unwrap_or_default()
         .into_iter()
         .flatten()
         .map(|entry| instance(entry, translated))
-        .collect();
+        .unzip();
+    for (instance, node) in instances.iter_mut().zip(share(nodes)) {
+        instance.node = node;
+    }
     // Kept for as long as the service is watched: no spare capacity (a
     // collect may reuse the larger buffer of the decoded entries).
     instances.shrink_to_fit();
@@ -238,7 +253,9 @@ pub(crate) fn decode_agent_datacenter(body: &[u8]) -> Result<String, String> {
 ///   (Consul answers the service address then, so does the resolver's
 ///   fallback to LAN); else the node's. `wan_port` is the port of the
 ///   service's `wan` tagged address.
-fn instance(entry: HealthEntry, translated: bool) -> Instance {
+///
+/// Returns the node apart, the instance holding a placeholder for it.
+fn instance(entry: HealthEntry, translated: bool) -> (NodeInfo, Instance) {
     let HealthEntry {
         node,
         service,
@@ -322,23 +339,27 @@ fn instance(entry: HealthEntry, translated: bool) -> Instance {
         })
         .collect();
     checks.shrink_to_fit();
-    Instance {
-        node: node.node,
+    let instance = Instance {
+        node: Arc::clone(&NO_NODE),
         service_id: service.id,
         lan,
         wan,
         service_address: from_service,
-        node_lan,
-        node_wan,
         port,
         wan_port,
         tags: service.tags,
         service_meta: service.meta,
-        node_meta: node.meta,
         weight_passing,
         weight_warning,
         checks,
-    }
+    };
+    let node = NodeInfo {
+        name: node.node,
+        lan: node_lan,
+        wan: node_wan,
+        meta: node.meta,
+    };
+    (node, instance)
 }
 
 /// A weight within Consul's bounds (`min` ..= 65535).
@@ -354,8 +375,13 @@ mod tests {
 
     use super::*;
 
+    /// Each entry's node as a value of its own.
+    fn unshared(nodes: Vec<NodeInfo>) -> Vec<Arc<NodeInfo>> {
+        nodes.into_iter().map(Arc::new).collect()
+    }
+
     fn decode(value: &Value) -> Vec<Instance> {
-        decode_health(value.to_string().as_bytes(), false).unwrap()
+        decode_health(value.to_string().as_bytes(), false, unshared).unwrap()
     }
 
     fn one(value: Value) -> Instance {
@@ -390,7 +416,7 @@ mod tests {
     #[test]
     fn reference_sample_decodes_every_field() {
         let i = one(sample());
-        assert_eq!(i.node, "foobar");
+        assert_eq!(i.node.name, "foobar");
         assert_eq!(i.service_id, "redis1");
         // The service has a lan_ipv4 tagged address, so its side is used.
         assert!(i.service_address);
@@ -409,7 +435,7 @@ mod tests {
         assert_eq!(i.tags, vec!["primary".to_owned()]);
         assert!(i.service_meta.is_empty());
         assert_eq!(
-            i.node_meta
+            i.node.meta
                 .get("consul-network-segment")
                 .map(String::as_str),
             Some("")
@@ -553,19 +579,19 @@ mod tests {
             "Checks": null
         }));
         assert_eq!(i.lan.v4, v4("10.0.0.1"));
-        assert!(i.tags.is_empty() && i.service_meta.is_empty() && i.node_meta.is_empty());
+        assert!(i.tags.is_empty() && i.service_meta.is_empty() && i.node.meta.is_empty());
         assert!(i.checks.is_empty());
         assert_eq!((i.weight_passing, i.weight_warning, i.port), (1, 1, 0));
         let bare = one(json!({}));
         assert!(bare.lan.is_empty() && bare.wan.is_empty());
-        assert_eq!(bare.node, "");
+        assert_eq!(bare.node.name, "");
         let partial = one(
             json!({"Service": {"Weights": {"Passing": 0, "Warning": 70000}}, "Checks": [null]}),
         );
         assert_eq!((partial.weight_passing, partial.weight_warning), (1, 65535));
         assert!(partial.checks.is_empty());
         assert!(decode(&json!([])).is_empty());
-        assert!(decode_health(b"null", false).unwrap().is_empty());
+        assert!(decode_health(b"null", false, unshared).unwrap().is_empty());
     }
 
     #[test]
@@ -585,7 +611,7 @@ mod tests {
     fn malformed_bodies_are_errors() {
         for body in [&b"{}"[..], b"[1, 2]", b"not json", b"[{\"Node\": 5}]", b""] {
             assert!(
-                decode_health(body, false).is_err(),
+                decode_health(body, false, unshared).is_err(),
                 "{:?}",
                 String::from_utf8_lossy(body)
             );
@@ -607,12 +633,12 @@ mod tests {
                                             "wan": {"Address": "198.51.100.5", "Port": 18080}}},
         });
         let body = json!([entry]).to_string();
-        let i = decode_health(body.as_bytes(), true).unwrap().remove(0);
+        let i = decode_health(body.as_bytes(), true, unshared).unwrap().remove(0);
         assert_eq!(i.lan.v4, v4("10.0.0.5"));
         assert_eq!(i.port, 8080);
         assert_eq!(i.wan.v4, v4("198.51.100.5"));
         assert_eq!(i.wan_port, Some(18080));
-        let untranslated = decode_health(body.as_bytes(), false).unwrap().remove(0);
+        let untranslated = decode_health(body.as_bytes(), false, unshared).unwrap().remove(0);
         assert_eq!(untranslated.lan.v4, v4("198.51.100.5"));
         assert_eq!(untranslated.port, 18080);
     }

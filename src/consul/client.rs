@@ -18,7 +18,7 @@ use super::connection::{Answer, Connector};
 use super::transport::Transport;
 use super::{ConsulError, MAX_ERROR_BODY, api};
 use crate::config::{ConsulConfig, DEFAULT_CONSUL_ADDRESS};
-use crate::health::Instance;
+use crate::health::{Instance, NodeCache};
 
 /// The header carrying the ACL token.
 pub const TOKEN_HEADER: &str = "X-Consul-Token";
@@ -91,6 +91,8 @@ pub struct ConsulClient {
     /// Per datacenter, the direct address that answered last: tried first
     /// next time.
     last_good: Mutex<HashMap<String, Url>>,
+    /// One shared value per node, whatever services it runs.
+    nodes: NodeCache,
 }
 
 impl fmt::Debug for ConsulClient {
@@ -186,6 +188,7 @@ impl ConsulClient {
             timeout: config.timeout,
             avoid: Mutex::new(HashMap::new()),
             last_good: Mutex::new(HashMap::new()),
+            nodes: NodeCache::default(),
         })
     }
 
@@ -259,7 +262,8 @@ impl ConsulClient {
             .await?;
         let translated = reply.translate_header && reply.via_agent && dc != local_dc;
         let instances =
-            api::decode_health(&reply.body, translated).map_err(|reason| ConsulError::Decode {
+            api::decode_health(&reply.body, translated, |nodes| self.nodes.share(dc, nodes))
+                .map_err(|reason| ConsulError::Decode {
                 url: reply.url,
                 reason,
             })?;

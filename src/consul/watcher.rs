@@ -797,7 +797,7 @@ mod tests {
         health(view, key)?
             .instances
             .iter()
-            .find(|i| i.node == node)
+            .find(|i| i.node.name == node)
             .map(|i| i.status(&[]))
     }
 
@@ -842,7 +842,7 @@ mod tests {
         let mut nodes: Vec<_> = synced
             .instances
             .iter()
-            .map(|i| (i.node.as_str(), i.lan.v4, i.port))
+            .map(|i| (i.node.name.as_str(), i.lan.v4, i.port))
             .collect();
         nodes.sort();
         assert_eq!(

@@ -58,8 +58,8 @@ impl HealthLookup for FixedView {
             .iter()
             .filter(|((dc, _), _)| dc == datacenter)
             .flat_map(|(_, health)| &health.instances)
-            .find(|i| i.node.eq_ignore_ascii_case(node))
-            .map(|i| Arc::new(NodeInfo::of(i)))
+            .find(|i| i.node.name.eq_ignore_ascii_case(node))
+            .map(|i| Arc::clone(&i.node))
     }
 }
 
@@ -341,12 +341,16 @@ fn filters_tags_and_meta() {
     let mut view = two_dcs();
     let mut tagged = instance("a1", "10.1.0.1", CheckStatus::Passing);
     tagged.tags = vec!["Primary".into()];
-    tagged.node_meta.insert("rack".into(), "r1".into());
+    Arc::make_mut(&mut tagged.node)
+        .meta
+        .insert("rack".into(), "r1".into());
     let mut canary = instance("a2", "10.1.0.2", CheckStatus::Passing);
     canary.tags = vec!["primary".into(), "canary".into()];
     view.set("dc1", "grafana", vec![tagged, canary]);
     let mut racked = instance("b1", "10.2.0.1", CheckStatus::Passing);
-    racked.node_meta.insert("rack".into(), "r2".into());
+    Arc::make_mut(&mut racked.node)
+        .meta
+        .insert("rack".into(), "r2".into());
     view.set("dc2", "grafana", vec![racked]);
     let cfg = |extra: &str| resolver(&format!("{FAILOVER}{extra}\n"));
     let a = answer(
