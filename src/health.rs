@@ -266,8 +266,8 @@ impl NodeCache {
         shared
     }
 
-    /// Nodes in the cache, live or not yet swept.
-    pub fn len(&self) -> usize {
+    /// Entries in the cache, live or not yet swept.
+    pub fn entries(&self) -> usize {
         self.nodes
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -829,9 +829,16 @@ mod tests {
         }
         // 10,001 nodes went through; the dropped ones are swept as the
         // map doubles, so it never holds more than twice the floor.
-        assert!(cache.len() <= 2 * 1024 + 1000, "{} entries", cache.len());
+        assert!(
+            cache.entries() <= 2 * 1024 + 1000,
+            "{} entries",
+            cache.entries()
+        );
         let again = cache.share("dc1", vec![node("kept", "10.0.0.1")]);
-        assert!(Arc::ptr_eq(&kept[0], &again[0]), "a live node survives sweeps");
+        assert!(
+            Arc::ptr_eq(&kept[0], &again[0]),
+            "a live node survives sweeps"
+        );
     }
 
     fn check(id: &str, status: CheckStatus) -> Check {

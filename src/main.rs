@@ -10,6 +10,12 @@ use consul_failover_dns::config::{Config, LogFormat};
 use consul_failover_dns::{app, demo};
 use tokio_util::sync::CancellationToken;
 
+/// mimalloc rather than glibc's allocator: with 30,000 watches start-up
+/// and each Consul answer cost about a fifth less CPU (the README's
+/// Performance section has the figures).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A DNS stub for the consul. zone with datacenter failover.
 #[derive(Parser)]
 #[command(name = "consul-failover-dns", version = consul_failover_dns::VERSION)]

@@ -435,7 +435,8 @@ mod tests {
         assert_eq!(i.tags, vec!["primary".to_owned()]);
         assert!(i.service_meta.is_empty());
         assert_eq!(
-            i.node.meta
+            i.node
+                .meta
                 .get("consul-network-segment")
                 .map(String::as_str),
             Some("")
@@ -633,12 +634,16 @@ mod tests {
                                             "wan": {"Address": "198.51.100.5", "Port": 18080}}},
         });
         let body = json!([entry]).to_string();
-        let i = decode_health(body.as_bytes(), true, unshared).unwrap().remove(0);
+        let i = decode_health(body.as_bytes(), true, unshared)
+            .unwrap()
+            .remove(0);
         assert_eq!(i.lan.v4, v4("10.0.0.5"));
         assert_eq!(i.port, 8080);
         assert_eq!(i.wan.v4, v4("198.51.100.5"));
         assert_eq!(i.wan_port, Some(18080));
-        let untranslated = decode_health(body.as_bytes(), false, unshared).unwrap().remove(0);
+        let untranslated = decode_health(body.as_bytes(), false, unshared)
+            .unwrap()
+            .remove(0);
         assert_eq!(untranslated.lan.v4, v4("198.51.100.5"));
         assert_eq!(untranslated.port, 18080);
     }

@@ -264,9 +264,9 @@ impl ConsulClient {
         let instances =
             api::decode_health(&reply.body, translated, |nodes| self.nodes.share(dc, nodes))
                 .map_err(|reason| ConsulError::Decode {
-                url: reply.url,
-                reason,
-            })?;
+                    url: reply.url,
+                    reason,
+                })?;
         Ok((reply.index, instances))
     }
 
@@ -1337,12 +1337,13 @@ mod tests {
         // Thousands of watch tasks each hold one read; its future's size
         // is their memory. With the handshake inlined it was 8.8 KB; 2.2 KB
         // before the short-lived parts (waiting for a place or the lock,
-        // reading the body) were boxed and the layers thinned.
+        // reading the body) were boxed and the layers thinned; 968 bytes
+        // now.
         let config = ConsulConfig::default();
         let client = ConsulClient::with_env(&config, no_env).unwrap();
         let read = client.service_health("dc1", "svc", 7, "dc1");
         let size = size_of_val(&read);
         println!("a service_health future: {size} bytes");
-        assert!(size <= 1280, "{size} bytes");
+        assert!(size <= 1024, "{size} bytes");
     }
 }

@@ -159,17 +159,20 @@ impl Connection {
                     None => Box::pin(self.sender(connector, url)).await?,
                 };
                 reused &= !fresh;
+                // The outcome is taken apart before the next await, so the
+                // future keeps no room for it there.
                 match exchange(&mut sender, url, token).await {
+                    Ok(answer) => return Ok(answer),
                     Err(Failure::Unsent(error)) if reused => {
                         tracing::debug!(url = %shown_url(url), %error, "Consul connection closed; opening another");
-                        // Dropped only if no other request opened a new
-                        // one meanwhile.
-                        Box::pin(self.forget(serial)).await;
-                        reused = false;
                     }
                     Err(Failure::Unsent(error) | Failure::Failed(error)) => return Err(error),
-                    Ok(answer) => return Ok(answer),
                 }
+                drop(sender);
+                // Dropped only if no other request opened a new one
+                // meanwhile.
+                Box::pin(self.forget(serial)).await;
+                reused = false;
             }
         };
         tokio::time::timeout(timeout, exchange)
