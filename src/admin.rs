@@ -17,6 +17,9 @@ use tokio_util::sync::CancellationToken;
 use crate::health::{Data, HealthLookup, HealthView};
 use crate::metrics::Metrics;
 
+/// How many of the things not synced yet `/ready` names.
+const READY_SHOWS: usize = 10;
+
 /// What the admin endpoint reports on.
 pub struct AdminState {
     /// The health view. The watches that must have synced before `/ready`
@@ -35,29 +38,42 @@ pub type PreparedListing =
     tokio::sync::watch::Receiver<Option<Arc<Vec<crate::prepared::Definition>>>>;
 
 impl AdminState {
-    /// What has not synced yet, as readable names.
-    pub fn pending(&self) -> Vec<String> {
+    /// At most `limit` of what has not synced yet, as readable names, and
+    /// how many there are in all. A readiness probe polls this often, and
+    /// at start-up thousands of pinned watches may be pending: only the
+    /// first few are looked at.
+    pub fn pending(&self, limit: usize) -> (Vec<String>, usize) {
         if self.view.local_datacenter().is_empty() {
-            return vec!["Consul (the local datacenter is not known yet)".to_owned()];
+            return (
+                vec!["Consul (the local datacenter is not known yet)".to_owned()],
+                1,
+            );
         }
-        let prepared = self
+        let prepared: Vec<String> = self
             .prepared
             .iter()
             .filter(|listing| listing.borrow().is_none())
-            .map(|_| "the prepared queries".to_owned());
-        // Sorted, and only the pending ones: a poll of a ready server with
-        // 30,000 pinned watches does not look at each of them.
-        let services = self
-            .view
-            .pending_required()
-            .into_iter()
-            .map(|k| format!("service {} in {}", k.service, k.datacenter));
+            .map(|_| "the prepared queries".to_owned())
+            .collect();
+        let (services, services_total) = self.view.pending_required_first(limit);
         let datacenters = self.view.datacenters();
-        let catalogs = datacenters
+        let catalogs: Vec<String> = datacenters
             .iter()
             .filter(|dc| self.view.catalog(dc) == Data::Pending)
-            .map(|dc| format!("catalog of {dc}"));
-        prepared.chain(services).chain(catalogs).collect()
+            .map(|dc| format!("catalog of {dc}"))
+            .collect();
+        let total = prepared.len() + services_total + catalogs.len();
+        let names = prepared
+            .into_iter()
+            .chain(
+                services
+                    .into_iter()
+                    .map(|k| format!("service {} in {}", k.service, k.datacenter)),
+            )
+            .chain(catalogs)
+            .take(limit)
+            .collect();
+        (names, total)
     }
 
     fn route(&self, request: &Request<Incoming>) -> Response<Full<Bytes>> {
@@ -74,13 +90,19 @@ impl AdminState {
         match request.uri().path() {
             "/health" => text(StatusCode::OK, "ok\n".into()),
             "/ready" => {
-                let pending = self.pending();
-                if pending.is_empty() {
+                let (pending, total) = self.pending(READY_SHOWS);
+                if total == 0 {
                     text(StatusCode::OK, "ready\n".into())
                 } else {
+                    let more = total.saturating_sub(pending.len());
+                    let more = if more > 0 {
+                        format!(" and {more} more")
+                    } else {
+                        String::new()
+                    };
                     text(
                         StatusCode::SERVICE_UNAVAILABLE,
-                        format!("waiting for: {}\n", pending.join(", ")),
+                        format!("waiting for: {}{more}\n", pending.join(", ")),
                     )
                 }
             }
@@ -152,14 +174,14 @@ mod tests {
             metrics: Metrics::new(),
         };
         view.apply_catalog("dc1", HashSet::new());
-        assert!(state.pending().is_empty(), "nothing required");
+        assert!(state.pending(usize::MAX).0.is_empty(), "nothing required");
         let required: HashSet<ServiceKey> = [("dc2", "web"), ("dc1", "web"), ("dc1", "api")]
             .iter()
             .map(|(dc, s)| ServiceKey::new(dc, s))
             .collect();
         view.set_required(&required);
         assert_eq!(
-            state.pending(),
+            state.pending(usize::MAX).0,
             [
                 "service api in dc1",
                 "service web in dc1",
@@ -169,13 +191,49 @@ mod tests {
         view.apply_service(&ServiceKey::new("dc1", "web"), ServiceHealth::default());
         view.apply_service(&ServiceKey::new("dc1", "other"), ServiceHealth::default());
         assert_eq!(
-            state.pending(),
+            state.pending(usize::MAX).0,
             ["service api in dc1", "service web in dc2"]
         );
         view.apply_service(&ServiceKey::new("dc1", "api"), ServiceHealth::default());
         view.apply_service(&ServiceKey::new("dc2", "web"), ServiceHealth::default());
-        assert!(state.pending().is_empty());
+        assert!(state.pending(usize::MAX).0.is_empty());
         view.set_datacenters(vec!["dc1".into(), "dc2".into()]);
-        assert_eq!(state.pending(), ["catalog of dc2"]);
+        assert_eq!(state.pending(usize::MAX).0, ["catalog of dc2"]);
+    }
+
+    #[test]
+    fn ready_names_the_first_few_of_many_pending_and_counts_them_all() {
+        let view = Arc::new(HealthView::new("dc1"));
+        let state = AdminState {
+            view: Arc::clone(&view),
+            prepared: None,
+            metrics: Metrics::new(),
+        };
+        view.apply_catalog("dc1", HashSet::new());
+        let required: HashSet<ServiceKey> = (0..30_000)
+            .map(|i| ServiceKey::new("dc1", &format!("svc{i:05}")))
+            .collect();
+        view.set_required(&required);
+        let (first, total) = state.pending(3);
+        assert_eq!(
+            first,
+            [
+                "service svc00000 in dc1",
+                "service svc00001 in dc1",
+                "service svc00002 in dc1"
+            ]
+        );
+        assert_eq!(total, 30_000);
+        view.apply_service(
+            &ServiceKey::new("dc1", "svc00001"),
+            ServiceHealth::default(),
+        );
+        assert_eq!(state.pending(2).0[1], "service svc00002 in dc1");
+        assert_eq!(state.pending(2).1, 29_999);
+        // Other things pending count too, named after the services.
+        view.set_datacenters(vec!["dc1".into(), "dc2".into()]);
+        let (first, total) = state.pending(usize::MAX);
+        assert_eq!((first.len(), total), (30_000, 30_000));
+        assert_eq!(first[29_999], "catalog of dc2");
     }
 }

@@ -542,7 +542,15 @@ impl HealthView {
     /// The required pairs (see [`set_required`](Self::set_required)) that
     /// have no data yet, sorted.
     pub fn pending_required(&self) -> Vec<ServiceKey> {
-        self.lock_required().iter().cloned().collect()
+        self.pending_required_first(usize::MAX).0
+    }
+
+    /// The first `limit` of [`pending_required`](Self::pending_required),
+    /// and how many there are in all: what a readiness poll needs, at a
+    /// cost that does not grow with thousands of pending pairs.
+    pub fn pending_required_first(&self, limit: usize) -> (Vec<ServiceKey>, usize) {
+        let pending = self.lock_required();
+        (pending.iter().take(limit).cloned().collect(), pending.len())
     }
 
     /// The slot of a pair, out of the map's lock.
