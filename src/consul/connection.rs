@@ -542,6 +542,65 @@ mod tests {
         (sender.unwrap(), server.unwrap())
     }
 
+    /// Answers the first request on `server` with status 200, index 7 and
+    /// `body`, sent in DATA frames of at most `chunk` bytes as the client's
+    /// flow-control window allows.
+    async fn answer_with(
+        mut server: h2::server::Connection<tokio::io::DuplexStream, Bytes>,
+        mut body: Bytes,
+        chunk: usize,
+    ) {
+        let (_, mut respond) = server.accept().await.unwrap().unwrap();
+        tokio::spawn(async move { while server.accept().await.is_some() {} });
+        let head = hyper::Response::builder()
+            .status(200)
+            .header("x-consul-index", "7")
+            .body(())
+            .unwrap();
+        let mut send = respond.send_response(head, body.is_empty()).unwrap();
+        while !body.is_empty() {
+            send.reserve_capacity(body.len().min(chunk));
+            let room = std::future::poll_fn(|cx| send.poll_capacity(cx))
+                .await
+                .unwrap()
+                .unwrap();
+            let part = body.split_to(room.min(chunk).min(body.len()));
+            send.send_data(part, body.is_empty()).unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn an_http2_answer_larger_than_the_windows_arrives_whole() {
+        // 6 MiB in 16 KiB frames: more than the stream and connection
+        // windows, so it only arrives if the reader gives capacity back.
+        let body: Bytes = (0..6 << 20).map(|i: u32| (i % 251) as u8).collect();
+        let (mut sender, server) = http2_pair().await;
+        tokio::spawn(answer_with(server, body.clone(), 16 << 10));
+        let url = Url::parse("http://127.0.0.1:8500/v1/x").unwrap();
+        let answer =
+            tokio::time::timeout(Duration::from_secs(20), exchange(&mut sender, &url, None))
+                .await
+                .expect("the answer stalled")
+                .unwrap_or_else(|_| panic!("the exchange failed"));
+        assert_eq!(answer.status, StatusCode::OK);
+        assert_eq!(answer.headers["x-consul-index"], "7");
+        assert_eq!(answer.body.len(), body.len());
+        assert!(answer.body == body, "the body arrived changed");
+    }
+
+    #[tokio::test]
+    async fn an_http2_answer_in_one_frame_and_an_empty_one() {
+        for body in [Bytes::from_static(b"[{\"Node\":{}}]"), Bytes::new()] {
+            let (mut sender, server) = http2_pair().await;
+            tokio::spawn(answer_with(server, body.clone(), 16 << 10));
+            let url = Url::parse("http://127.0.0.1:8500/v1/x").unwrap();
+            let answer = exchange(&mut sender, &url, None)
+                .await
+                .unwrap_or_else(|_| panic!("the exchange failed"));
+            assert_eq!(answer.body, body);
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn an_http2_connection_that_answers_pings_stays_open() {
         let (sender, mut server) = http2_pair().await;
