@@ -1,5 +1,5 @@
-//! One connection to Consul (HTTP/1.1 or HTTP/2, plain or TLS), on
-//! hyper's connection API rather than through a pooled client.
+//! One connection to Consul, plain or TLS: HTTP/1.1 on hyper's connection
+//! API, HTTP/2 on the `h2` crate, rather than through a pooled client.
 //!
 //! The transport must know how many connections are open: Consul refuses
 //! more than 200 per client. A pooled client opens a new connection when
