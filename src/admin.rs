@@ -165,8 +165,9 @@ mod tests {
     use super::*;
     use crate::health::{ServiceHealth, ServiceKey};
 
-    #[test]
-    fn ready_waits_for_the_required_pairs_in_order_then_for_nothing() {
+    /// A view of dc1 with its catalog synced (and nothing else), and an
+    /// admin state on it without prepared queries.
+    fn synced_local_catalog() -> (Arc<HealthView>, AdminState) {
         let view = Arc::new(HealthView::new("dc1"));
         let state = AdminState {
             view: Arc::clone(&view),
@@ -174,6 +175,12 @@ mod tests {
             metrics: Metrics::new(),
         };
         view.apply_catalog("dc1", HashSet::new());
+        (view, state)
+    }
+
+    #[test]
+    fn ready_waits_for_the_required_pairs_in_order_then_for_nothing() {
+        let (view, state) = synced_local_catalog();
         assert!(state.pending(usize::MAX).0.is_empty(), "nothing required");
         let required: HashSet<ServiceKey> = [("dc2", "web"), ("dc1", "web"), ("dc1", "api")]
             .iter()
@@ -203,13 +210,7 @@ mod tests {
 
     #[test]
     fn ready_names_the_first_few_of_many_pending_and_counts_them_all() {
-        let view = Arc::new(HealthView::new("dc1"));
-        let state = AdminState {
-            view: Arc::clone(&view),
-            prepared: None,
-            metrics: Metrics::new(),
-        };
-        view.apply_catalog("dc1", HashSet::new());
+        let (view, state) = synced_local_catalog();
         let required: HashSet<ServiceKey> = (0..30_000)
             .map(|i| ServiceKey::new("dc1", &format!("svc{i:05}")))
             .collect();
