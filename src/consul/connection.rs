@@ -294,16 +294,12 @@ async fn read_h2_body(
     // Most answers come in one DATA frame: kept as it is, not copied.
     let mut first: Option<Bytes> = None;
     let mut rest = BytesMut::new();
+    let mut held = 0;
     while let Some(chunk) = body.data().await {
         let chunk = chunk.map_err(|e| h2_failure(url, &e))?;
         let _ = body.flow_control().release_capacity(chunk.len());
-        // `rest` holds the first chunk too once there is a second.
-        let held = if rest.is_empty() {
-            first.as_ref().map_or(0, Bytes::len)
-        } else {
-            rest.len()
-        };
-        if held + chunk.len() > MAX_BODY {
+        held += chunk.len();
+        if held > MAX_BODY {
             return Err(Failure::Failed(ConsulError::Transport {
                 url: shown_url(url),
                 reason: format!("the answer is larger than {MAX_BODY} bytes"),
