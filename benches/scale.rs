@@ -38,7 +38,7 @@ fn main() {
         services = n;
     }
     // HTTPS by default: Consul's HTTPS listener speaks HTTP/2, where one
-    // connection carries 200 watches; over HTTP/1.1 (SCALE_HTTP1=1) each
+    // connection carries 240 watches; over HTTP/1.1 (SCALE_HTTP1=1) each
     // watch needs a connection and Consul allows 200 per client.
     let tls = std::env::var("SCALE_HTTP1").map_or(true, |v| v != "1");
     let runtime = common::runtime();
@@ -79,6 +79,10 @@ fn main() {
     // Let start-up work (first answers, metrics) finish.
     std::thread::sleep(Duration::from_secs(1));
     let rss = rss_kib(pid);
+    if std::env::var_os("SCALE_HOLD").is_some() {
+        eprintln!("HOLD pid {pid}");
+        std::thread::sleep(Duration::from_secs(40));
+    }
 
     // Idle CPU over as long as the changes will take.
     let span = GAP * u32::try_from(updates).expect("count") + Duration::from_secs(1);

@@ -185,7 +185,7 @@ pub struct ConsulConfig {
     /// Keep it under Consul's `limits.http_max_conns_per_client` (200).
     pub max_connections: usize,
     /// Speak HTTP/2 to `https://` addresses (Consul's HTTPS listener does):
-    /// one connection then carries 200 blocking reads instead of one.
+    /// one connection then carries 240 blocking reads instead of one.
     pub http2: bool,
     /// Answer remote-DC instances with their WAN addresses.
     pub translate_wan_addrs: bool,

@@ -185,6 +185,33 @@ impl Connection {
             })
     }
 
+    /// Sends `GET url` with the token on the open HTTP/2 connection
+    /// without waiting for anything, and returns the future of the
+    /// answer's head. `None` when that cannot be done at once (no open
+    /// connection, its lock held, HTTP/1.1, the connection closing, no
+    /// stream free): then [`get`](Self::get) is the way.
+    ///
+    /// A blocking read then waits minutes holding only this future, not
+    /// the layers of `get`.
+    pub fn try_send(
+        &self,
+        url: &Url,
+        token: Option<&HeaderValue>,
+    ) -> Option<h2::client::ResponseFuture> {
+        let (Sender::Http2 { mut sender, .. }, _) = self.open_sender()? else {
+            return None;
+        };
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        if !matches!(sender.poll_ready(&mut cx), std::task::Poll::Ready(Ok(()))) {
+            return None;
+        }
+        let request = h2_request(url, token).ok()?;
+        sender
+            .send_request(request, true)
+            .ok()
+            .map(|(response, _)| response)
+    }
+
     /// The open connection's sender and serial if one is open and its
     /// lock free, without waiting.
     fn open_sender(&self) -> Option<(Sender, u64)> {
@@ -267,14 +294,7 @@ async fn exchange_h2(
     std::future::poll_fn(|cx| sender.poll_ready(cx))
         .await
         .map_err(|e| Failure::Unsent(transport(url, &e)))?;
-    let uri: Uri = url.as_str().parse().map_err(|e| transport(url, &e))?;
-    let mut request = Request::get(uri)
-        .version(Version::HTTP_2)
-        .header(USER_AGENT, super::client::USER_AGENT);
-    if let Some(token) = token {
-        request = request.header(TOKEN_HEADER, token.clone());
-    }
-    let request = request.body(()).map_err(|e| transport(url, &e))?;
+    let request = h2_request(url, token)?;
     let (response, _) = sender
         .send_request(request, true)
         .map_err(|e| Failure::Unsent(transport(url, &e)))?;
@@ -284,9 +304,21 @@ async fn exchange_h2(
     Box::pin(read_h2_body(response, url)).await
 }
 
+/// The head of a GET of `url` on HTTP/2, with the token.
+fn h2_request(url: &Url, token: Option<&HeaderValue>) -> Result<Request<()>, ConsulError> {
+    let uri: Uri = url.as_str().parse().map_err(|e| transport(url, &e))?;
+    let mut request = Request::get(uri)
+        .version(Version::HTTP_2)
+        .header(USER_AGENT, super::client::USER_AGENT);
+    if let Some(token) = token {
+        request = request.header(TOKEN_HEADER, token.clone());
+    }
+    request.body(()).map_err(|e| transport(url, &e))
+}
+
 /// Reads an HTTP/2 answer's body as it arrives, giving its flow-control
 /// capacity back at once.
-async fn read_h2_body(
+pub(super) async fn read_h2_body(
     response: hyper::Response<h2::RecvStream>,
     url: &Url,
 ) -> Result<Answer, Failure> {
@@ -330,7 +362,7 @@ async fn read_h2_body(
 /// An HTTP/2 error once the request went out: unsent if the server
 /// refused the stream or went away before it, or the connection broke
 /// (a GET is safe to send again); failed otherwise.
-fn h2_failure(url: &Url, error: &h2::Error) -> Failure {
+pub(super) fn h2_failure(url: &Url, error: &h2::Error) -> Failure {
     let failure = transport(url, error);
     if error.is_go_away() || error.is_io() || error.reason() == Some(h2::Reason::REFUSED_STREAM) {
         Failure::Unsent(failure)
@@ -477,12 +509,22 @@ async fn keep_alive(ping: Option<h2::PingPong>) -> String {
 }
 
 /// How a request failed.
-enum Failure {
+pub(super) enum Failure {
     /// Before the request went out (the connection was closed): it may be
     /// sent again.
     Unsent(ConsulError),
     /// Otherwise.
     Failed(ConsulError),
+}
+
+impl Failure {
+    /// The error, and whether the request may be sent again.
+    pub(super) fn into_inner(self) -> (ConsulError, bool) {
+        match self {
+            Self::Unsent(error) => (error, true),
+            Self::Failed(error) => (error, false),
+        }
+    }
 }
 
 impl From<ConsulError> for Failure {

@@ -40,8 +40,11 @@ use super::ConsulError;
 use super::connection::{Answer, Connection, Connector};
 
 /// Requests in flight on one HTTP/2 connection: under Go's default of 250
-/// concurrent streams, so a connection never queues requests itself.
-pub const STREAMS_PER_CONNECTION: usize = 200;
+/// concurrent streams, so a connection never queues requests itself, with
+/// room for streams the server has not yet seen closed (a read abandoned
+/// when its watch stopped). 240 × the 132 connections that blocking reads
+/// may use by default holds 30,000 watches at once.
+pub const STREAMS_PER_CONNECTION: usize = 240;
 
 /// Connections kept for reads other than blocking health reads: an
 /// eighth of `consul.max_connections`, at least this many, at most half.
@@ -127,6 +130,18 @@ impl Lease<'_> {
     }
 }
 
+impl Lease<'_> {
+    /// Sends `GET url` on the leased connection without waiting (see
+    /// [`Connection::try_send`]).
+    pub fn try_send(
+        &self,
+        url: &Url,
+        token: Option<&HeaderValue>,
+    ) -> Option<h2::client::ResponseFuture> {
+        self.lane.connection.try_send(url, token)
+    }
+}
+
 impl Drop for Lease<'_> {
     fn drop(&mut self) {
         self.lane.busy.fetch_sub(1, Ordering::Relaxed);
@@ -153,26 +168,7 @@ impl Transport {
     /// Waits for room to send one request to `url` (a blocking health
     /// read if `watch`) and returns the way to send it.
     pub async fn lease(&self, url: &Url, watch: bool) -> Lease<'_> {
-        let origin = url.origin().ascii_serialization();
-        let budget = {
-            let mut origins = lock(&self.origins);
-            Arc::clone(origins.entry(origin).or_insert_with(|| {
-                let http2 = self.http2 && url.scheme() == "https";
-                let per_connection = if http2 { STREAMS_PER_CONNECTION } else { 1 };
-                let connections = self.max_connections;
-                let reserved = (connections / 8)
-                    .max(RESERVED_CONNECTIONS)
-                    .min(connections / 2);
-                Arc::new(Budget {
-                    permits: Arc::new(Semaphore::new(connections * per_connection)),
-                    watches: Arc::new(Semaphore::new((connections - reserved) * per_connection)),
-                    lanes: Mutex::new(Vec::new()),
-                    http2,
-                    per_connection,
-                    busy_logged: Mutex::new(None),
-                })
-            }))
-        };
+        let budget = self.budget(url);
         let watch = if watch {
             if budget.watches.available_permits() == 0 {
                 self.log_busy(&budget, url);
@@ -190,6 +186,51 @@ impl Transport {
             .acquire_owned()
             .await
             .expect("the semaphore is never closed");
+        self.lease_with(&budget, permit, watch)
+    }
+
+    /// [`lease`](Self::lease) if there is room now, without waiting.
+    pub fn try_lease(&self, url: &Url, watch: bool) -> Option<Lease<'_>> {
+        let budget = self.budget(url);
+        let watch = if watch {
+            Some(Arc::clone(&budget.watches).try_acquire_owned().ok()?)
+        } else {
+            None
+        };
+        let permit = Arc::clone(&budget.permits).try_acquire_owned().ok()?;
+        Some(self.lease_with(&budget, permit, watch))
+    }
+
+    /// The budget of `url`'s origin, made on first use.
+    fn budget(&self, url: &Url) -> Arc<Budget> {
+        let origin = url.origin().ascii_serialization();
+        let mut origins = lock(&self.origins);
+        Arc::clone(origins.entry(origin).or_insert_with(|| {
+            let http2 = self.http2 && url.scheme() == "https";
+            let per_connection = if http2 { STREAMS_PER_CONNECTION } else { 1 };
+            let connections = self.max_connections;
+            let reserved = (connections / 8)
+                .max(RESERVED_CONNECTIONS)
+                .min(connections / 2);
+            Arc::new(Budget {
+                permits: Arc::new(Semaphore::new(connections * per_connection)),
+                watches: Arc::new(Semaphore::new((connections - reserved) * per_connection)),
+                lanes: Mutex::new(Vec::new()),
+                http2,
+                per_connection,
+                busy_logged: Mutex::new(None),
+            })
+        }))
+    }
+
+    /// A lease holding `permit` (and `watch`) on the first lane of
+    /// `budget` with room, a new one if all are full.
+    fn lease_with(
+        &self,
+        budget: &Budget,
+        permit: OwnedSemaphorePermit,
+        watch: Option<OwnedSemaphorePermit>,
+    ) -> Lease<'_> {
         let lane = {
             let mut lanes = lock(&budget.lanes);
             // The permits keep the requests in flight under lanes × their
@@ -253,7 +294,7 @@ impl Transport {
                 connections = self.max_connections,
                 "every HTTP/1.1 connection to Consul is busy with a blocking read; watches \
                  wait their turn, so answers may lag by up to consul.wait (use https://, \
-                 where one HTTP/2 connection carries 200 watches, or raise \
+                 where one HTTP/2 connection carries 240 watches, or raise \
                  consul.max_connections together with Consul's \
                  limits.http_max_conns_per_client, 200 by default)"
             );

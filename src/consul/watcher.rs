@@ -451,12 +451,15 @@ impl Target for ServiceTarget {
         Some(&self.key.service)
     }
 
-    async fn read(&self, shared: &Shared, index: u64) -> Result<(u64, Vec<Instance>), ConsulError> {
-        let local = shared.view.local_datacenter();
+    fn read(
+        &self,
+        shared: &Shared,
+        index: u64,
+    ) -> impl Future<Output = Result<(u64, Vec<Instance>), ConsulError>> + Send {
+        let other_dc = *shared.view.local_datacenter() != self.key.datacenter;
         shared
             .client
-            .service_health(&self.key.datacenter, &self.key.service, index, &local)
-            .await
+            .service_health(&self.key.datacenter, &self.key.service, index, other_dc)
     }
 
     fn outcome(&self, shared: &Shared, ok: bool) {
@@ -574,88 +577,110 @@ pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The blocking loop (reference §2): read at the current index, store what
 /// changed, follow the index rules; on errors back off and keep the data.
-async fn watch_loop<T: Target>(shared: Arc<Shared>, target: T, stop: CancellationToken) {
-    let datacenter = target.datacenter();
-    let service = target.service();
-    let mut index = BlockingIndex::new();
-    let mut backoff = Backoff::default();
-    let mut limit = RateLimit::default();
-    let mut errors: u64 = 0;
-    // Answers to blocking reads that came back at once with the index
-    // sent: a server that does not block is polled instead.
-    let mut unblocked: u32 = 0;
-    loop {
-        let mut pause = limit.take(Instant::now());
-        if unblocked >= NOT_BLOCKING_AFTER {
-            pause = pause.max(POLL_INTERVAL);
-        }
-        if !pause.is_zero() && !sleep_unless_stopped(&stop, pause).await {
-            break;
-        }
-        let sent = index.get();
-        let started = Instant::now();
-        let result = tokio::select! {
-            biased;
-            () = stop.cancelled() => break,
-            result = target.read(&shared, sent) => result,
-        };
-        match result {
-            Ok((returned, value)) => {
-                if errors > 0 {
-                    tracing::info!(datacenter, service, errors, "Consul watch recovered");
-                    errors = 0;
-                    backoff.reset();
-                }
-                if index.advance(returned) == IndexMove::Reset {
-                    tracing::debug!(
-                        datacenter,
-                        service,
-                        consul_index = returned,
-                        sent,
-                        "Consul index went backwards; reading afresh"
-                    );
-                }
-                if sent > 0 && returned == sent && started.elapsed() < NOT_BLOCKING_WITHIN {
-                    unblocked = unblocked.saturating_add(1);
-                    if unblocked == NOT_BLOCKING_AFTER {
+///
+/// A plain function returning an `async move` block rather than an `async
+/// fn`: thousands of these wait for minutes, and an `async fn` keeps its
+/// arguments twice (as passed and as moved into its body).
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn would keep its arguments twice"
+)]
+fn watch_loop<T: Target>(
+    shared: Arc<Shared>,
+    target: T,
+    stop: CancellationToken,
+) -> impl Future<Output = ()> + Send {
+    async move {
+        let mut index = BlockingIndex::new();
+        let mut backoff = Backoff::default();
+        let mut limit = RateLimit::default();
+        let mut errors: u64 = 0;
+        // Answers to blocking reads that came back at once with the index
+        // sent: a server that does not block is polled instead.
+        let mut unblocked: u32 = 0;
+        loop {
+            let pause = if unblocked >= NOT_BLOCKING_AFTER {
+                limit.take(Instant::now()).max(POLL_INTERVAL)
+            } else {
+                limit.take(Instant::now())
+            };
+            if !pause.is_zero() && !sleep_unless_stopped(&stop, pause).await {
+                break;
+            }
+            let sent = index.get();
+            let started = Instant::now();
+            let result = tokio::select! {
+                biased;
+                () = stop.cancelled() => break,
+                result = target.read(&shared, sent) => result,
+            };
+            match result {
+                Ok((returned, value)) => {
+                    if errors > 0 {
                         tracing::info!(
-                            datacenter,
-                            service,
-                            "Consul answers this blocking query at once; polling every {POLL_INTERVAL:?}"
+                            datacenter = target.datacenter(),
+                            service = target.service(),
+                            errors,
+                            "Consul watch recovered"
+                        );
+                        errors = 0;
+                        backoff.reset();
+                    }
+                    if index.advance(returned) == IndexMove::Reset {
+                        tracing::debug!(
+                            datacenter = target.datacenter(),
+                            service = target.service(),
+                            consul_index = returned,
+                            sent,
+                            "Consul index went backwards; reading afresh"
                         );
                     }
-                } else {
-                    unblocked = 0;
+                    if sent > 0 && returned == sent && started.elapsed() < NOT_BLOCKING_WITHIN {
+                        unblocked = unblocked.saturating_add(1);
+                        if unblocked == NOT_BLOCKING_AFTER {
+                            tracing::info!(
+                                datacenter = target.datacenter(),
+                                service = target.service(),
+                                "Consul answers this blocking query at once; polling every {POLL_INTERVAL:?}"
+                            );
+                        }
+                    } else {
+                        unblocked = 0;
+                    }
+                    target.store(&shared, returned.max(1), value);
+                    target.outcome(&shared, true);
                 }
-                target.store(&shared, returned.max(1), value);
-                target.outcome(&shared, true);
-            }
-            Err(error) => {
-                shared.metrics.watch_error(datacenter);
-                if errors == 0 {
-                    tracing::warn!(
-                        datacenter,
-                        service,
-                        error = %error,
-                        "Consul watch failed; keeping the last known data and retrying"
-                    );
-                } else {
-                    tracing::debug!(datacenter, service, error = %error, errors, "Consul watch still failing");
-                }
-                errors += 1;
-                target.outcome(&shared, false);
-                index.restart();
-                let delay = backoff.next_delay();
-                tokio::select! {
-                    biased;
-                    () = stop.cancelled() => break,
-                    () = shared.recovered.notified() => backoff.reset(),
-                    () = tokio::time::sleep(delay) => {}
+                Err(error) => {
+                    shared.metrics.watch_error(target.datacenter());
+                    if errors == 0 {
+                        tracing::warn!(
+                            datacenter = target.datacenter(),
+                            service = target.service(),
+                            error = %error,
+                            "Consul watch failed; keeping the last known data and retrying"
+                        );
+                    } else {
+                        tracing::debug!(datacenter = target.datacenter(), service = target.service(), error = %error, errors, "Consul watch still failing");
+                    }
+                    errors += 1;
+                    target.outcome(&shared, false);
+                    index.restart();
+                    let delay = backoff.next_delay();
+                    tokio::select! {
+                        biased;
+                        () = stop.cancelled() => break,
+                        () = shared.recovered.notified() => backoff.reset(),
+                        () = tokio::time::sleep(delay) => {}
+                    }
                 }
             }
         }
+        tracing::trace!(
+            datacenter = target.datacenter(),
+            service = target.service(),
+            "Consul watch ended"
+        );
     }
-    tracing::trace!(datacenter, service, "Consul watch ended");
 }
 
 /// Probes every known datacenter each `period` (see
