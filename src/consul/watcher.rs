@@ -37,6 +37,9 @@ use crate::prepared::Definition;
 struct Task {
     /// The task.
     handle: JoinHandle<()>,
+    /// A pinned health watch (never idle), named by the configuration or
+    /// a prepared query.
+    pinned: bool,
 }
 
 /// The tasks running now.
@@ -48,8 +51,6 @@ struct Running {
     catalogs: HashMap<String, Task>,
     /// Datacenter-list refreshers, the prepared-query watch, the reaper.
     background: Vec<JoinHandle<()>>,
-    /// Health watches that never go idle.
-    pinned: HashSet<ServiceKey>,
     /// When the cap last refused a watch (to log once a minute).
     refused_logged: Option<Instant>,
 }
@@ -190,13 +191,22 @@ impl Watcher {
         }
         let dropped: Vec<ServiceKey> = {
             let mut running = self.shared.running();
-            if running.pinned != keys {
+            let mut changed = false;
+            let mut dropped = Vec::new();
+            for (key, task) in &mut running.services {
+                let pinned = keys.contains(key);
+                if task.pinned != pinned {
+                    changed = true;
+                    task.pinned = pinned;
+                    if !pinned {
+                        dropped.push(key.clone());
+                    }
+                }
+            }
+            if changed {
                 self.shared.view.set_required(&keys);
             }
-            let old = std::mem::replace(&mut running.pinned, keys);
-            old.into_iter()
-                .filter(|key| !running.pinned.contains(key))
-                .collect()
+            dropped
         };
         for key in dropped {
             self.stop_service(&key);
@@ -205,7 +215,13 @@ impl Watcher {
 
     /// The pinned health watches.
     pub fn pinned(&self) -> HashSet<ServiceKey> {
-        self.shared.running().pinned.clone()
+        let running = self.shared.running();
+        running
+            .services
+            .iter()
+            .filter(|(_, task)| task.pinned)
+            .map(|(key, _)| key.clone())
+            .collect()
     }
 
     /// Spawns the reaper: every so often, on-demand watches that no answer
@@ -243,9 +259,9 @@ impl Watcher {
             let running = self.shared.running();
             running
                 .services
-                .keys()
-                .filter(|key| !running.pinned.contains(*key))
-                .cloned()
+                .iter()
+                .filter(|(_, task)| !task.pinned)
+                .map(|(key, _)| key.clone())
                 .collect()
         };
         let mut stopped = 0;
@@ -253,7 +269,12 @@ impl Watcher {
             let idle_for = self.shared.view.idle_for(&key).unwrap_or(Duration::MAX);
             // Pinned meanwhile? stop_service re-checks nothing, so look again.
             if idle_for >= idle
-                && !self.shared.running().pinned.contains(&key)
+                && !self
+                    .shared
+                    .running()
+                    .services
+                    .get(&key)
+                    .is_some_and(|task| task.pinned)
                 && self.stop_service(&key)
             {
                 stopped += 1;
@@ -311,7 +332,13 @@ impl Watcher {
         let target = ServiceTarget { key: key.clone() };
         let stop = self.shared.shutdown.clone();
         let handle = tokio::spawn(watch_loop(self.shared.clone(), target, stop));
-        running.services.insert(key.clone(), Task { handle });
+        running.services.insert(
+            key.clone(),
+            Task {
+                handle,
+                pinned: false,
+            },
+        );
         self.shared.metrics.set_watches(running.watches());
         tracing::debug!(datacenter = %key.datacenter, service = %key.service, "Consul health watch started");
         true
@@ -358,7 +385,13 @@ impl Watcher {
         };
         let stop = self.shared.shutdown.clone();
         let handle = tokio::spawn(watch_loop(self.shared.clone(), target, stop));
-        running.catalogs.insert(dc.to_owned(), Task { handle });
+        running.catalogs.insert(
+            dc.to_owned(),
+            Task {
+                handle,
+                pinned: false,
+            },
+        );
         self.shared.metrics.set_watches(running.watches());
         tracing::debug!(datacenter = dc, "Consul catalog watch started");
         true
