@@ -59,7 +59,7 @@ pub struct Addresses {
     /// The IPv6 address, if any.
     pub v6: Option<Ipv6Addr>,
     /// A host name, when the address Consul holds is not an IP.
-    pub hostname: Option<String>,
+    pub hostname: Option<Box<str>>,
 }
 
 impl Addresses {
@@ -71,7 +71,7 @@ impl Addresses {
         match address.parse::<IpAddr>() {
             Ok(IpAddr::V4(ip)) => out.v4 = Some(ip),
             Ok(IpAddr::V6(ip)) => out.v6 = Some(ip),
-            Err(_) if !address.is_empty() => out.hostname = Some(address.to_owned()),
+            Err(_) if !address.is_empty() => out.hostname = Some(address.into()),
             Err(_) => {}
         }
         if let Some(Ok(ip)) = tagged_v4.map(str::parse::<Ipv4Addr>) {
@@ -798,6 +798,17 @@ impl HealthLookup for HealthView {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn five_instances_fit_in_a_kilobyte() {
+        // A service's instances are one allocation kept for as long as it
+        // is watched. Five (a typical service) in 1,024 bytes stay in the
+        // allocator's 1 KiB size class; at 216 bytes each they took the
+        // 1,280-byte one, 7.7 MB more at 30,000 watches.
+        let size = size_of::<Instance>();
+        println!("an instance: {size} bytes");
+        assert!(size * 5 <= 1024, "{size} bytes");
+    }
 
     fn node(name: &str, address: &str) -> NodeInfo {
         NodeInfo {

@@ -211,8 +211,19 @@ pub(crate) fn decode_health(
     }
     // Kept for as long as the service is watched: no spare capacity (a
     // collect may reuse the larger buffer of the decoded entries).
-    instances.shrink_to_fit();
-    Ok(instances)
+    Ok(exact(instances))
+}
+
+/// `items` in an allocation of exactly their size. Not `shrink_to_fit`:
+/// an allocator may keep the larger block on a shrinking `realloc`
+/// (mimalloc does while at most half of it is wasted).
+fn exact<T>(items: Vec<T>) -> Vec<T> {
+    if items.capacity() == items.len() {
+        return items;
+    }
+    let mut out = Vec::with_capacity(items.len());
+    out.extend(items);
+    out
 }
 
 /// Decodes a `/v1/catalog/services` body into the service names.
@@ -330,7 +341,7 @@ fn instance(entry: HealthEntry, translated: bool) -> (NodeInfo, Instance) {
         Some(w) => (clamp_weight(w.passing, 1), clamp_weight(w.warning, 0)),
         None => (1, 1),
     };
-    let mut checks: Vec<Check> = checks
+    let checks: Vec<Check> = checks
         .into_iter()
         .flatten()
         .map(|check| Check {
@@ -338,7 +349,7 @@ fn instance(entry: HealthEntry, translated: bool) -> (NodeInfo, Instance) {
             id: check.check_id,
         })
         .collect();
-    checks.shrink_to_fit();
+    let checks = exact(checks);
     let instance = Instance {
         node: Arc::clone(&NO_NODE),
         service_id: service.id,
@@ -374,6 +385,18 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::*;
+
+    #[test]
+    fn kept_lists_have_no_spare_capacity() {
+        let grown: Vec<u64> = (0..5).collect::<Vec<_>>().into_iter().chain([6]).collect();
+        let mut spare = Vec::with_capacity(64);
+        spare.extend([1u64, 2, 3]);
+        for list in [grown, spare, Vec::new()] {
+            let len = list.len();
+            let kept = exact(list);
+            assert_eq!((kept.len(), kept.capacity()), (len, len));
+        }
+    }
 
     /// Each entry's node as a value of its own.
     fn unshared(nodes: Vec<NodeInfo>) -> Vec<Arc<NodeInfo>> {

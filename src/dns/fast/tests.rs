@@ -96,7 +96,7 @@ fn view() -> Arc<HealthView> {
     host.lan = Addresses {
         v4: None,
         v6: None,
-        hostname: Some("db.example.com".to_owned()),
+        hostname: Some("db.example.com".into()),
     };
     host.service_address = true;
     view.apply_service(&ServiceKey::new("dc1", "host"), health(vec![host]));
