@@ -22,6 +22,7 @@
 # LOAD_SECONDS / LOAD_SAT_SECONDS (dnsperf -l), LOAD_REPEAT (rounds of
 # the whole ladder, pooled: default 3, 1 in --smoke), SERVICES,
 # KNOT_UDP_WORKERS (default: nproc, knotd's own default),
+# LOAD_UDP_THREADS (the resolver's dns.udp_threads; default 0, one per core),
 # LOAD_PROFILE (release, or debug: the default in --smoke, which reuses
 # the binaries `cargo test` built), LOAD_NO_BUILD=1 (use target/PROFILE
 # as it is).
@@ -157,6 +158,7 @@ resolver_config() {
 [dns]
 listen = ["$1"]
 udp_fast_path = $3
+udp_threads = ${LOAD_UDP_THREADS:-0}
 
 [consul]
 address = "http://$dc1"

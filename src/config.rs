@@ -113,8 +113,8 @@ pub struct DnsConfig {
     /// Serve UDP with the fast path (a thread and socket per core, batched
     /// system calls, cached responses); `false`: hickory-server's loop.
     pub udp_fast_path: bool,
-    /// Fast-path threads (and sockets) per listen address; 0: one per
-    /// core.
+    /// Fast-path threads (and sockets) per listen address; 0: one per two
+    /// cores, at least one.
     pub udp_threads: usize,
 }
 

@@ -466,3 +466,11 @@ async fn upstream_unset_means_nxdomain_and_no_relay() {
     .await;
     assert_eq!(reply.metadata.response_code, ResponseCode::NXDomain);
 }
+
+#[test]
+fn the_fast_path_takes_a_thread_per_two_cores_by_default() {
+    let threads: Vec<usize> = [1, 2, 3, 4, 64].map(default_udp_threads).to_vec();
+    assert_eq!(threads, [1, 1, 2, 2, 32]);
+    assert!(matches!(UdpMode::from_config(true, 3), UdpMode::Fast(3)));
+    assert!(matches!(UdpMode::from_config(false, 3), UdpMode::Hickory));
+}
