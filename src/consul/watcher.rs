@@ -42,6 +42,16 @@ struct Task {
     pinned: bool,
 }
 
+impl Task {
+    /// A task not pinned (yet).
+    fn new(handle: JoinHandle<()>) -> Self {
+        Self {
+            handle,
+            pinned: false,
+        }
+    }
+}
+
 /// The tasks running now.
 #[derive(Debug, Default)]
 struct Running {
@@ -307,8 +317,7 @@ impl Watcher {
             datacenter: dc.to_owned(),
             sink,
         };
-        let stop = self.shared.shutdown.clone();
-        let handle = tokio::spawn(watch_loop(self.shared.clone(), target, stop));
+        let handle = tokio::spawn(watch_loop(self.shared.clone(), target));
         self.shared.running().background.push(handle);
     }
 
@@ -330,15 +339,8 @@ impl Watcher {
         }
         self.shared.view.add_service_slot(key);
         let target = ServiceTarget { key: key.clone() };
-        let stop = self.shared.shutdown.clone();
-        let handle = tokio::spawn(watch_loop(self.shared.clone(), target, stop));
-        running.services.insert(
-            key.clone(),
-            Task {
-                handle,
-                pinned: false,
-            },
-        );
+        let handle = tokio::spawn(watch_loop(self.shared.clone(), target));
+        running.services.insert(key.clone(), Task::new(handle));
         self.shared.metrics.set_watches(running.watches());
         tracing::debug!(datacenter = %key.datacenter, service = %key.service, "Consul health watch started");
         true
@@ -383,15 +385,8 @@ impl Watcher {
         let target = CatalogTarget {
             datacenter: dc.to_owned(),
         };
-        let stop = self.shared.shutdown.clone();
-        let handle = tokio::spawn(watch_loop(self.shared.clone(), target, stop));
-        running.catalogs.insert(
-            dc.to_owned(),
-            Task {
-                handle,
-                pinned: false,
-            },
-        );
+        let handle = tokio::spawn(watch_loop(self.shared.clone(), target));
+        running.catalogs.insert(dc.to_owned(), Task::new(handle));
         self.shared.metrics.set_watches(running.watches());
         tracing::debug!(datacenter = dc, "Consul catalog watch started");
         true
@@ -616,12 +611,9 @@ pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
     clippy::manual_async_fn,
     reason = "an async fn would keep its arguments twice"
 )]
-fn watch_loop<T: Target>(
-    shared: Arc<Shared>,
-    target: T,
-    stop: CancellationToken,
-) -> impl Future<Output = ()> + Send {
+fn watch_loop<T: Target>(shared: Arc<Shared>, target: T) -> impl Future<Output = ()> + Send {
     async move {
+        let stop = &shared.shutdown;
         let mut index = BlockingIndex::new();
         let mut backoff = Backoff::default();
         let mut limit = RateLimit::default();
@@ -635,7 +627,7 @@ fn watch_loop<T: Target>(
             } else {
                 limit.take(Instant::now())
             };
-            if !pause.is_zero() && !sleep_unless_stopped(&stop, pause).await {
+            if !pause.is_zero() && !sleep_unless_stopped(stop, pause).await {
                 break;
             }
             let sent = index.get();
