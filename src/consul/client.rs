@@ -422,9 +422,7 @@ impl ConsulClient {
             // answered: the whole route again, on a new connection.
             Err((error, true)) => {
                 tracing::debug!(url = %shown_url(&url), %error, "Consul connection closed; sending again");
-                return self
-                    .read_along_route(dc, &path, index, None, None, RouteErrors::default())
-                    .await;
+                return self.read_health(dc, service, index).await;
             }
             Err((error, false)) => error,
         };
