@@ -917,6 +917,20 @@ mod tests {
         }
     }
 
+    /// A simulator of `dcs` over HTTPS, and its CA in a file.
+    async fn tls_sim(dcs: &[&str]) -> (Sim, tempfile_lite::TempFile) {
+        let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let sim = dcs
+            .iter()
+            .fold(Sim::builder(), |builder, dc| builder.dc(dc, any))
+            .tls(true)
+            .start()
+            .await
+            .unwrap();
+        let ca = temp_file(&sim.ca_pem().expect("the simulator has a CA"));
+        (sim, ca)
+    }
+
     fn temp_file(contents: &str) -> tempfile_lite::TempFile {
         let file = tempfile_lite::TempFile::new();
         std::fs::File::create(&file.path)
@@ -1444,15 +1458,8 @@ mod tests {
 
     #[tokio::test]
     async fn https_carries_240_blocking_reads_per_http2_connection() {
-        let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let sim = Sim::builder()
-            .dc("dc1", any)
-            .tls(true)
-            .start()
-            .await
-            .unwrap();
+        let (sim, ca) = tls_sim(&["dc1"]).await;
         testutil::register(&sim, "dc1", "n1", "10.1.0.1", "svc", "passing");
-        let ca = temp_file(&sim.ca_pem().expect("the simulator has a CA"));
         let index = sim.raft_index("dc1");
         let config = ConsulConfig {
             wait: Duration::from_millis(500),
@@ -1492,13 +1499,7 @@ mod tests {
         within(client.catalog_services("dc1", 0)).await.unwrap();
 
         // A certificate from another CA is refused, naming the address.
-        let other = Sim::builder()
-            .dc("dc1", any)
-            .tls(true)
-            .start()
-            .await
-            .unwrap();
-        let other_ca = temp_file(&other.ca_pem().unwrap());
+        let (_other, other_ca) = tls_sim(&["dc1"]).await;
         let wrong = ConsulClient::with_env(
             &ConsulConfig {
                 ca_file: other_ca.as_str().to_owned(),
@@ -1533,17 +1534,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_read_sent_at_once_on_http2_fails_over_like_any_other() {
-        let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let sim = Sim::builder()
-            .dc("dc1", any)
-            .dc("dc2", any)
-            .tls(true)
-            .start()
-            .await
-            .unwrap();
+        let (sim, ca) = tls_sim(&["dc1", "dc2"]).await;
         testutil::register(&sim, "dc1", "n1", "10.1.0.1", "web", "passing");
         testutil::register(&sim, "dc2", "n1", "10.2.0.1", "web", "passing");
-        let ca = temp_file(&sim.ca_pem().expect("the simulator has a CA"));
         let dc2 = sim.url("dc2").await;
         let config = ConsulConfig {
             wait: Duration::from_millis(300),
