@@ -413,6 +413,23 @@ fn index_rewind_resets_the_watch_and_answers_stay_right() {
     );
     println!("a dc1 change after the rewind showed in {}", ms(took));
 
+    // The dc1 watch's next read must be blocked in Consul before the
+    // restore. One that arrives after it, with the old and now higher
+    // index, blocks the whole wait (reference §2: Consul's behaviour, not
+    // the resolver's), and this test would race the watch.
+    let current = federation.sim.raft_index("dc1").to_string();
+    let blocked = poll(Duration::from_secs(2), Duration::from_millis(10), || {
+        health_requests(&federation, "dc1", "grafana", "dc1")
+            .into_iter()
+            .find(|r| r.param("index").as_deref() == Some(current.as_str()))
+    });
+    assert!(
+        blocked.is_some(),
+        "the dc1 watch did not block at index {current} after the change"
+    );
+    // Recorded on arrival; give the read a moment to start waiting.
+    std::thread::sleep(Duration::from_millis(50));
+
     // Rewind both datacenters (dc2 is read through dc1's agent), then
     // fail over and change dc2: both watches follow.
     federation.sim.rewind_index("dc1", 1);
