@@ -157,6 +157,7 @@ failover = { datacenters = ["dc1", "dc2", "dc3"] }
             serial: 1,
             rng: &mut rng,
             now: Duration::from_secs(1),
+            trace: None,
         };
         match resolver.resolve(question, &view, &mut ctx) {
             Outcome::Answer(answer) => {
@@ -176,6 +177,7 @@ failover = { datacenters = ["dc1", "dc2", "dc3"] }
                     serial: 1,
                     rng: &mut rng,
                     now: Duration::from_secs(1),
+                    trace: None,
                 };
                 black_box(resolver.resolve(black_box(question), &view, &mut ctx))
             });

@@ -1,21 +1,35 @@
-//! The admin HTTP endpoint: `/health`, `/ready` and `/metrics`.
+//! The admin HTTP endpoint: `/health`, `/ready`, `/metrics`,
+//! `/v1/explain` (why a name gets the answer it gets) and `/v1/events`
+//! (Server-Sent Events: failovers and datacenter state changes).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http_body_util::Full;
-use hyper::body::Incoming;
+use hickory_proto::rr::{DNSClass, RecordType};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use serde::Serialize;
 use tokio::net::TcpListener;
+use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::health::{Data, HealthLookup, HealthView};
 use crate::metrics::Metrics;
+use crate::monitor::{Event, Events};
+use crate::resolve::{Context, DatacenterTrace, Outcome, PolicyTrace, Question, Resolver, Trace};
+
+/// How often an idle event stream gets a comment, so proxies and clients
+/// see it alive.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 /// How many of the things not synced yet `/ready` names.
 const READY_SHOWS: usize = 10;
@@ -31,6 +45,12 @@ pub struct AdminState {
     pub prepared: Option<PreparedListing>,
     /// The metrics.
     pub metrics: Metrics,
+    /// The resolver in use, for `/v1/explain`.
+    pub resolver: Arc<ArcSwap<Resolver>>,
+    /// The event stream, for `/v1/events`.
+    pub events: Arc<Events>,
+    /// Ends event streams on shutdown.
+    pub shutdown: CancellationToken,
 }
 
 /// The prepared queries' channel.
@@ -76,14 +96,7 @@ impl AdminState {
         (names, total)
     }
 
-    fn route(&self, request: &Request<Incoming>) -> Response<Full<Bytes>> {
-        let text = |status: StatusCode, body: String| {
-            Response::builder()
-                .status(status)
-                .header("content-type", "text/plain; charset=utf-8")
-                .body(Full::new(Bytes::from(body)))
-                .unwrap_or_default()
-        };
+    fn route(&self, request: &Request<Incoming>) -> Response<AdminBody> {
         if request.method() != Method::GET && request.method() != Method::HEAD {
             return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n".into());
         }
@@ -106,16 +119,276 @@ impl AdminState {
                     )
                 }
             }
-            "/metrics" => Response::builder()
-                .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
-                .body(Full::new(Bytes::from(self.metrics.render())))
-                .unwrap_or_default(),
+            "/metrics" => {
+                self.metrics.observe(&self.view.observation());
+                Response::builder()
+                    .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
+                    .body(AdminBody::full(self.metrics.render()))
+                    .unwrap_or_default()
+            }
+            "/v1/explain" => self.explain(request.uri().query().unwrap_or("")),
+            "/v1/events" => self.events(),
             _ => text(
                 StatusCode::NOT_FOUND,
-                "not found; try /health, /ready or /metrics\n".into(),
+                "not found; try /health, /ready, /metrics, /v1/explain?name=NAME&type=A or /v1/events\n"
+                    .into(),
             ),
         }
     }
+
+    /// `/v1/explain?name=NAME&type=TYPE`: resolves the name as a query
+    /// would, without starting watches, and says how the answer was chosen.
+    fn explain(&self, query: &str) -> Response<AdminBody> {
+        let mut name = None;
+        let mut qtype = "A".to_owned();
+        for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
+            match &*key {
+                "name" => name = Some(value.into_owned()),
+                "type" => qtype = value.into_owned(),
+                _ => {}
+            }
+        }
+        let Some(name) = name.filter(|n| !n.trim().is_empty()) else {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                "missing name: /v1/explain?name=grafana.query.consul&type=A".to_owned(),
+            );
+        };
+        let Ok(rtype) = qtype.to_ascii_uppercase().parse::<RecordType>() else {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                format!("type {qtype:?} is not a DNS record type (e.g. A, AAAA, SRV)"),
+            );
+        };
+        let resolver = self.resolver.load();
+        let fqdn = match resolver.explain_name(&name) {
+            Ok(n) => n,
+            Err(message) => return json_error(StatusCode::BAD_REQUEST, message),
+        };
+        let question = Question {
+            name: fqdn.clone(),
+            qtype: rtype,
+            qclass: DNSClass::IN,
+        };
+        let mut trace = Trace::default();
+        let mut rng = fastrand::Rng::new();
+        let outcome = resolver.resolve(
+            &question,
+            &*self.view,
+            &mut Context {
+                serial: crate::dns::unix_seconds(),
+                rng: &mut rng,
+                now: crate::dns::monotonic(),
+                trace: Some(&mut trace),
+            },
+        );
+        let mut explanation = Explanation {
+            name: fqdn.to_string(),
+            r#type: rtype.to_string(),
+            local_datacenter: self.view.local_datacenter().to_string(),
+            rcode: None,
+            kind: None,
+            chosen: trace.chosen,
+            reason: trace.reason,
+            detail: trace.detail,
+            definition: trace.definition,
+            service: trace.service,
+            policy: trace.policy,
+            datacenters: trace.datacenters,
+            records: Vec::new(),
+            stale: false,
+            extended_error: None,
+        };
+        match outcome {
+            Outcome::Answer(answer) => {
+                explanation.rcode = Some(crate::dns::rcode_label(answer.rcode).to_owned());
+                explanation.kind = Some(answer.kind.label());
+                explanation.stale = answer.stale;
+                explanation.extended_error = answer.extended_error.map(|(_, t)| t);
+                explanation.records = answer
+                    .answers
+                    .iter()
+                    .chain(&answer.authorities)
+                    .chain(&answer.additionals)
+                    .map(ToString::to_string)
+                    .collect();
+                if explanation.reason.is_empty() {
+                    explanation.reason = "not_a_query".to_owned();
+                    explanation.detail = format!(
+                        "{} is not a query or service name: it is answered without failover",
+                        explanation.name
+                    );
+                }
+            }
+            Outcome::Pending(needs) => {
+                explanation.reason = "pending".to_owned();
+                explanation.detail = format!(
+                    "no data yet for {}: a query would start its watch and wait up to dns.first_answer_wait",
+                    needs.describe()
+                );
+            }
+            Outcome::Forward(kind) => {
+                explanation.kind = Some(kind.label());
+                explanation.reason = "forwarded".to_owned();
+                explanation.detail = "not answered here: relayed to dns.upstream".to_owned();
+            }
+        }
+        json(StatusCode::OK, &explanation)
+    }
+
+    /// `/v1/events`: the current state, then each change as it happens.
+    fn events(&self) -> Response<AdminBody> {
+        let (current, receiver) = self.events.subscribe();
+        let (sender, body) = mpsc::channel(64);
+        tokio::spawn(stream_events(
+            current,
+            receiver,
+            sender,
+            self.shutdown.clone(),
+        ));
+        Response::builder()
+            .header("content-type", "text/event-stream")
+            .header("cache-control", "no-cache")
+            .body(AdminBody::Stream(body))
+            .unwrap_or_default()
+    }
+}
+
+/// What `/v1/explain` answers.
+#[derive(Debug, Serialize)]
+struct Explanation {
+    name: String,
+    r#type: String,
+    local_datacenter: String,
+    rcode: Option<String>,
+    kind: Option<&'static str>,
+    chosen: Option<String>,
+    reason: String,
+    detail: String,
+    definition: Option<String>,
+    service: Option<String>,
+    policy: Option<PolicyTrace>,
+    datacenters: Vec<DatacenterTrace>,
+    records: Vec<String>,
+    stale: bool,
+    extended_error: Option<String>,
+}
+
+/// One SSE message.
+fn sse(id: u64, event: &Event) -> Bytes {
+    let data = serde_json::to_string(event).unwrap_or_default();
+    Bytes::from(format!(
+        "id: {id}\nevent: {}\ndata: {data}\n\n",
+        event.name()
+    ))
+}
+
+/// Feeds one `/v1/events` client until it goes away or shutdown.
+async fn stream_events(
+    current: Vec<Event>,
+    mut receiver: broadcast::Receiver<Arc<Event>>,
+    sender: mpsc::Sender<Bytes>,
+    shutdown: CancellationToken,
+) {
+    let mut id = 0u64;
+    for event in &current {
+        id += 1;
+        if sender.send(sse(id, event)).await.is_err() {
+            return;
+        }
+    }
+    loop {
+        let message = tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = sender.closed() => return,
+            received = receiver.recv() => match received {
+                Ok(event) => {
+                    id += 1;
+                    sse(id, &event)
+                }
+                Err(broadcast::error::RecvError::Lagged(missed)) => Bytes::from(format!(
+                    ": {missed} events were dropped: this client reads too slowly\n\n"
+                )),
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+            () = tokio::time::sleep(KEEP_ALIVE) => Bytes::from_static(b": keep-alive\n\n"),
+        };
+        if sender.send(message).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A response body: whole, or an event stream.
+#[derive(Debug)]
+pub enum AdminBody {
+    /// All of it at once.
+    Full(Option<Bytes>),
+    /// Chunks as they come; ends when the sender goes.
+    Stream(mpsc::Receiver<Bytes>),
+}
+
+impl AdminBody {
+    fn full(text: String) -> Self {
+        Self::Full(Some(Bytes::from(text)))
+    }
+}
+
+impl Default for AdminBody {
+    fn default() -> Self {
+        Self::Full(None)
+    }
+}
+
+impl Body for AdminBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        match self.get_mut() {
+            Self::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Self::Stream(receiver) => receiver
+                .poll_recv(cx)
+                .map(|b| b.map(|b| Ok(Frame::data(b)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self, Self::Full(None))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Full(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
+            Self::Full(None) => SizeHint::with_exact(0),
+            Self::Stream(_) => SizeHint::default(),
+        }
+    }
+}
+
+fn text(status: StatusCode, body: String) -> Response<AdminBody> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "text/plain; charset=utf-8")
+        .body(AdminBody::full(body))
+        .unwrap_or_default()
+}
+
+fn json(status: StatusCode, value: &impl Serialize) -> Response<AdminBody> {
+    let mut body = serde_json::to_string_pretty(value).unwrap_or_default();
+    body.push('\n');
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(AdminBody::full(body))
+        .unwrap_or_default()
+}
+
+fn json_error(status: StatusCode, message: String) -> Response<AdminBody> {
+    json(status, &serde_json::json!({ "error": message }))
 }
 
 /// Serves the admin endpoint on an already bound listener until shutdown.
@@ -127,7 +400,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, shutdown: Canc
                 Ok(pair) => pair,
                 Err(error) => {
                     tracing::warn!(%error, "admin accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
@@ -173,6 +446,11 @@ mod tests {
             view: Arc::clone(&view),
             prepared: None,
             metrics: Metrics::new(),
+            resolver: Arc::new(ArcSwap::from_pointee(Resolver::new(
+                &crate::config::Config::default(),
+            ))),
+            events: Arc::new(Events::new()),
+            shutdown: CancellationToken::new(),
         };
         view.apply_catalog("dc1", HashSet::new());
         (view, state)

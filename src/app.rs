@@ -17,6 +17,7 @@ use crate::consul::{ConsulClient, Watcher};
 use crate::dns::{self, DnsHandler, UdpMode, WatchDemand, WireSettings};
 use crate::health::{HealthLookup, HealthView, ServiceKey};
 use crate::metrics::Metrics;
+use crate::monitor::{Events, Monitor};
 use crate::prepared::{Definition, PreparedQueries, Settings, uses_peers};
 use crate::resolve::Resolver;
 
@@ -55,6 +56,7 @@ pub struct Reloader {
     watcher: Arc<Watcher>,
     view: Arc<HealthView>,
     wire: Arc<dns::Wire>,
+    metrics: Metrics,
 }
 
 impl Reloader {
@@ -178,6 +180,7 @@ pub fn reload_on_sighup(
             match load() {
                 Ok(config) => {
                     let restart = reloader.apply(config);
+                    reloader.metrics.reload(true);
                     tracing::info!("configuration reloaded");
                     if !restart.is_empty() {
                         tracing::warn!(
@@ -186,10 +189,13 @@ pub fn reload_on_sighup(
                         );
                     }
                 }
-                Err(error) => tracing::error!(
-                    %error,
-                    "configuration not reloaded; the running one stays in force"
-                ),
+                Err(error) => {
+                    reloader.metrics.reload(false);
+                    tracing::error!(
+                        %error,
+                        "configuration not reloaded; the running one stays in force"
+                    );
+                }
             }
         }
     });
@@ -294,6 +300,16 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     .await?;
     let dns = listeners.bound.clone();
 
+    let events = Arc::new(Events::new());
+    tokio::spawn(
+        Monitor {
+            resolver: Arc::clone(&resolver),
+            view: Arc::clone(&view),
+            metrics: metrics.clone(),
+            events: Arc::clone(&events),
+        }
+        .run(shutdown.clone()),
+    );
     let admin = if config.admin.listen.is_empty() {
         None
     } else {
@@ -304,6 +320,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             view: Arc::clone(&view),
             prepared: listing.as_ref().map(watch::Sender::subscribe),
             metrics: metrics.clone(),
+            resolver: Arc::clone(&resolver),
+            events: Arc::clone(&events),
+            shutdown: shutdown.clone(),
         });
         tokio::spawn(admin::serve(listener, state, shutdown.clone()));
         Some(bound)
@@ -312,7 +331,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         tracing::info!(%address, "answering DNS on UDP and TCP");
     }
     if let Some(address) = admin {
-        tracing::info!(%address, "admin HTTP on /health /ready /metrics");
+        tracing::info!(%address, "admin HTTP on /health /ready /metrics /v1/explain /v1/events");
     }
     let reloader = Arc::new(Reloader {
         resolver: Arc::clone(&resolver),
@@ -321,6 +340,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         watcher: Arc::clone(&watcher),
         view: Arc::clone(&view),
         wire,
+        metrics: metrics.clone(),
         config: std::sync::Mutex::new(config.clone()),
     });
     tokio::spawn(connect(Connect {

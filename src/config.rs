@@ -65,6 +65,17 @@ pub enum OnAllUnhealthy {
     FailOpen,
 }
 
+impl OnAllUnhealthy {
+    /// The value as written in the configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Nxdomain => "nxdomain",
+            Self::Servfail => "servfail",
+            Self::FailOpen => "fail-open",
+        }
+    }
+}
+
 /// `failover = { nearest_n, datacenters }`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -389,9 +400,64 @@ pub struct QueryDef {
     pub ttl: Duration,
     /// Health policy and failover chain.
     pub policy: Policy,
+    /// Where the definition came from.
+    pub origin: Origin,
+}
+
+/// Where a query definition came from (shown by `/v1/explain`; names the
+/// `query` label of the answer metrics).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Origin {
+    /// A `[[query]]` of the configuration.
+    Config,
+    /// A prepared query of Consul, by ID.
+    Prepared {
+        /// Its UUID.
+        id: String,
+    },
+    /// A prepared query template of Consul, rendered for the name asked.
+    Template {
+        /// Its UUID.
+        id: String,
+        /// Its name: the prefix it matches.
+        prefix: String,
+    },
+    /// `queries.implicit` (a service of that name), or a `.service.`
+    /// lookup.
+    #[default]
+    Implicit,
 }
 
 impl QueryDef {
+    /// The `query` label of the answer and failover metrics: the
+    /// `[[query]]` or prepared query name (a template's prefix). `None`
+    /// for implicit queries, so the label set stays as small as the
+    /// definitions.
+    pub fn metric_label(&self) -> Option<&str> {
+        match &self.origin {
+            Origin::Config => Some(&self.name),
+            Origin::Prepared { id } if self.name.is_empty() => Some(id),
+            Origin::Prepared { .. } => Some(&self.name),
+            Origin::Template { prefix, .. } => Some(prefix),
+            Origin::Implicit => None,
+        }
+    }
+
+    /// Where the definition came from, for people.
+    pub fn origin_text(&self) -> String {
+        match &self.origin {
+            Origin::Config => format!("[[query]] {:?} of the configuration", self.name),
+            Origin::Prepared { id } => format!("Consul prepared query {:?} (ID {id})", self.name),
+            Origin::Template { id, prefix } => {
+                format!(
+                    "Consul prepared query template {prefix:?} (ID {id}), rendered for {:?}",
+                    self.name
+                )
+            }
+            Origin::Implicit => format!("the service {:?} (queries.implicit)", self.service),
+        }
+    }
+
     /// The implicit query for a service: no filters, the defaults.
     pub fn implicit(service: &str, defaults: &Policy, ttl: Duration) -> Self {
         Self {
@@ -403,6 +469,7 @@ impl QueryDef {
             service_meta: BTreeMap::new(),
             ttl,
             policy: defaults.clone(),
+            origin: Origin::Implicit,
         }
     }
 }
@@ -453,6 +520,7 @@ impl Config {
                         on_all_unhealthy: q.on_all_unhealthy.unwrap_or(d.on_all_unhealthy),
                         failover: q.failover.clone().unwrap_or_else(|| d.failover.clone()),
                     },
+                    origin: Origin::Config,
                 }
             })
             .collect()

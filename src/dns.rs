@@ -155,6 +155,7 @@ impl DnsHandler {
                 serial: unix_seconds(),
                 rng,
                 now: monotonic(),
+                trace: None,
             },
         );
         match outcome {
@@ -281,12 +282,12 @@ impl DnsHandler {
 }
 
 /// Time since the first call, from a monotonic clock.
-fn monotonic() -> Duration {
+pub(crate) fn monotonic() -> Duration {
     static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
     EPOCH.get_or_init(std::time::Instant::now).elapsed()
 }
 
-fn unix_seconds() -> u32 {
+pub(crate) fn unix_seconds() -> u32 {
     let secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -295,7 +296,7 @@ fn unix_seconds() -> u32 {
 }
 
 /// The RCODE as a metric label.
-fn rcode_label(rcode: ResponseCode) -> &'static str {
+pub(crate) fn rcode_label(rcode: ResponseCode) -> &'static str {
     match rcode {
         ResponseCode::NoError => "NOERROR",
         ResponseCode::FormErr => "FORMERR",
@@ -525,19 +526,28 @@ impl DnsHandler {
     }
 
     /// The counters one response moves.
-    fn counters(&self, prepared: &Prepared) -> Vec<prometheus::IntCounter> {
+    fn counters(&self, request: &Request, prepared: &Prepared) -> Vec<prometheus::IntCounter> {
+        let qtype = request
+            .queries
+            .queries()
+            .first()
+            .map_or("none", |q| crate::metrics::qtype_label(q.query_type()));
         match prepared {
             Prepared::Error { code, .. } => {
-                vec![self.metrics.query_counter(rcode_label(*code), "invalid")]
+                vec![
+                    self.metrics
+                        .query_counter(qtype, rcode_label(*code), "invalid"),
+                ]
             }
             Prepared::Answer(response) => {
                 let answer = &response.answer;
-                let mut counters = vec![
-                    self.metrics
-                        .query_counter(rcode_label(answer.rcode), answer.kind.label()),
-                ];
-                if let (true, Some(dc)) = (answer.remote, &answer.datacenter) {
-                    counters.push(self.metrics.remote_counter(dc));
+                let mut counters = vec![self.metrics.query_counter(
+                    qtype,
+                    rcode_label(answer.rcode),
+                    answer.kind.label(),
+                )];
+                if let (Some(query), Some(dc)) = (&answer.query, &answer.datacenter) {
+                    counters.push(self.metrics.answer_counter(query, dc));
                 }
                 counters
             }
@@ -545,13 +555,13 @@ impl DnsHandler {
     }
 
     /// Counts one response sent.
-    fn count(&self, prepared: &Prepared) {
+    fn count(&self, request: &Request, prepared: &Prepared) {
         if let Prepared::Answer(response) = prepared {
             if response.answer.stale {
                 self.metrics.stale_answer();
             }
         }
-        for counter in self.counters(prepared) {
+        for counter in self.counters(request, prepared) {
             counter.inc();
         }
     }
@@ -625,7 +635,7 @@ impl RequestHandler for DnsHandler {
         mut response: R,
     ) -> ResponseInfo {
         let prepared = self.prepare(request).await;
-        self.count(&prepared);
+        self.count(request, &prepared);
         let sent = match &prepared {
             Prepared::Error { code, edns } => {
                 let mut builder = MessageResponseBuilder::from_message_request(request);

@@ -721,6 +721,46 @@ impl HealthView {
             .collect()
     }
 
+    /// How long `datacenter`'s Consul has not answered its probes (`None`
+    /// while it answers).
+    pub fn unreachable_for(&self, datacenter: &str) -> Option<Duration> {
+        let since = *self.unreachable.get(datacenter)?;
+        Some(Duration::from_millis(self.now_ms().saturating_sub(since)))
+    }
+
+    /// What the metrics gauges show: watched pairs by state, reachability
+    /// and data age per datacenter, healthy instances per synced pair. A
+    /// scrape calls this; it visits every pair once.
+    pub fn observation(&self) -> crate::metrics::Observation {
+        let mut seen = crate::metrics::Observation::default();
+        for entry in &self.services {
+            let key = entry.key();
+            let Some(data) = entry.value().data.load_full() else {
+                seen.pending += 1;
+                continue;
+            };
+            let failing = entry.value().failing_since.load(Ordering::Relaxed) != 0;
+            if failing || self.unreachable.contains_key(&key.datacenter) {
+                seen.stale += 1;
+            } else {
+                seen.synced += 1;
+            }
+            let healthy = data
+                .instances
+                .iter()
+                .filter(|i| i.status(&[]) != CheckStatus::Critical)
+                .count();
+            seen.healthy
+                .push((key.service.clone(), key.datacenter.clone(), healthy));
+        }
+        for dc in self.datacenters().iter().filter(|dc| !dc.is_empty()) {
+            let down = self.unreachable_for(dc);
+            seen.datacenters
+                .push((dc.clone(), down.is_none(), down.unwrap_or_default()));
+        }
+        seen
+    }
+
     /// Waits until the view next changes. Register interest first with
     /// [`HealthView::changed`] to avoid missing a change.
     pub fn changed(&self) -> tokio::sync::futures::Notified<'_> {

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use consul_failover_dns::config::{Config, LogFormat};
-use consul_failover_dns::{app, demo};
+use consul_failover_dns::{app, demo, explain};
 use tokio_util::sync::CancellationToken;
 
 /// mimalloc rather than glibc's allocator: with 30,000 watches start-up
@@ -43,6 +43,20 @@ enum Command {
     Run,
     /// Validate the configuration and print the effective one.
     CheckConfig,
+    /// Ask the running server (its admin endpoint, admin.listen) why NAME
+    /// gets the answer it gets: the definition, each datacenter of the
+    /// failover chain, the one chosen and why, and the records.
+    Explain {
+        /// A name in the zone (grafana.query.consul), or a bare query name
+        /// (grafana).
+        name: String,
+        /// The record type asked.
+        #[arg(long = "type", default_value = "A")]
+        qtype: String,
+        /// Print the JSON the admin endpoint answered instead.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run an embedded two-datacenter simulated Consul with an
     /// observability stack, and the resolver in front of it.
     Demo {
@@ -90,6 +104,37 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// `explain NAME`: prints what the running server says.
+fn explain(config: &Config, name: &str, qtype: &str, json: bool) -> ExitCode {
+    if config.admin.listen.is_empty() {
+        eprintln!(
+            "consul-failover-dns: admin.listen is off; explain asks the running server's admin endpoint (give --admin-listen ADDR or -c FILE)"
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let Ok(admin) = config.admin.listen.parse::<SocketAddr>() else {
+        eprintln!(
+            "consul-failover-dns: admin.listen {:?} is not an address",
+            config.admin.listen
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    match explain::fetch(admin, name, qtype) {
+        Ok(value) if json => {
+            println!("{value:#}");
+            ExitCode::SUCCESS
+        }
+        Ok(value) => {
+            print!("{}", explain::render(&value));
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("consul-failover-dns: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let config = match load(&cli) {
@@ -102,6 +147,9 @@ fn main() -> ExitCode {
     if matches!(cli.command, Some(Command::CheckConfig)) {
         print!("{}", config.to_toml());
         return ExitCode::SUCCESS;
+    }
+    if let Some(Command::Explain { name, qtype, json }) = &cli.command {
+        return explain(&config, name, qtype, *json);
     }
     init_logging(config.log.format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()

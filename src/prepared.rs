@@ -14,7 +14,7 @@ use std::time::Duration;
 use regex::Regex;
 use serde::Deserialize;
 
-use crate::config::{Failover, Policy, QueryDef, parse_duration};
+use crate::config::{Failover, Origin, Policy, QueryDef, parse_duration};
 
 /// `Template.Type` of the only template kind Consul has.
 pub const NAME_PREFIX_MATCH: &str = "name_prefix_match";
@@ -342,6 +342,16 @@ impl PreparedQueries {
                     datacenters,
                 },
                 ..self.settings.defaults.clone()
+            },
+            origin: if definition.template.kind.is_empty() {
+                Origin::Prepared {
+                    id: definition.id.clone(),
+                }
+            } else {
+                Origin::Template {
+                    id: definition.id.clone(),
+                    prefix: definition.name.to_ascii_lowercase(),
+                }
             },
         })
     }

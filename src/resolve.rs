@@ -101,26 +101,77 @@ pub struct Answer {
     /// (`failback_after` holds it on a failover datacenter): it must be
     /// worked out again for every query, never reused.
     pub volatile: bool,
+    /// The `query` label of the answer metrics: the `[[query]]` or
+    /// prepared query answered, [`IMPLICIT`] for an implicit query; `None`
+    /// for other names.
+    pub query: Option<String>,
+}
+
+/// The `query` label of answers to implicit queries (no definition names
+/// them; a name cannot hold parentheses).
+pub const IMPLICIT: &str = "(implicit)";
+
+/// How an answer was chosen, filled in when [`Context::trace`] asks for
+/// it (`/v1/explain`).
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Trace {
+    /// Where the definition answered came from.
+    pub definition: Option<String>,
+    /// The Consul service looked up.
+    pub service: Option<String>,
+    /// The policy applied, as in the configuration.
+    pub policy: Option<PolicyTrace>,
+    /// Every datacenter of the failover chain, in order.
+    pub datacenters: Vec<DatacenterTrace>,
+    /// The datacenter whose instances answered.
+    pub chosen: Option<String>,
+    /// Why, in one word: `local_healthy`, `failover`, `stale`,
+    /// `failback_held`, `below_min_healthy`, `all_unhealthy`,
+    /// `not_ready`, `unknown`, `pending`, `no_such_service`,
+    /// `not_a_query` or `no_such_name`.
+    pub reason: String,
+    /// Why, in a sentence.
+    pub detail: String,
+}
+
+/// The policy values `/v1/explain` shows.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PolicyTrace {
+    /// `only_passing`.
+    pub only_passing: bool,
+    /// `min_healthy`.
+    pub min_healthy: usize,
+    /// `failback_after`, in seconds.
+    pub failback_after_seconds: f64,
+    /// `on_all_unhealthy`.
+    pub on_all_unhealthy: String,
+}
+
+/// One datacenter of a chain, as resolution saw it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct DatacenterTrace {
+    /// Its name.
+    pub name: String,
+    /// `fresh`, `stale` (its Consul stopped answering; data still used),
+    /// `unknown` (stale for longer than `consul.max_stale`), `pending` (no
+    /// data yet), `unreachable` (no data, and its Consul does not answer)
+    /// or `not_in_catalog` (the service does not exist there).
+    pub state: &'static str,
+    /// Instances that pass the definition's filters and health rules.
+    pub usable: Option<usize>,
+    /// Every instance Consul lists for the service there.
+    pub total: Option<usize>,
+    /// Whether its Consul answers.
+    pub reachable: bool,
 }
 
 impl Answer {
     /// SERVFAIL with Extended DNS Error "Not Ready" naming what is missing.
     pub fn not_ready(needs: &Needs) -> Self {
-        let waiting: Vec<String> = needs
-            .services
-            .iter()
-            .map(|k| format!("{} in {}", k.service, k.datacenter))
-            .chain(
-                needs
-                    .catalogs
-                    .iter()
-                    .map(|dc| format!("the catalog of {dc}")),
-            )
-            .collect();
         let mut answer = Self::empty(needs.kind, ResponseCode::ServFail);
         answer.extended_error = Some((
             EDE_NOT_READY,
-            format!("no data from Consul yet for {}", waiting.join(", ")),
+            format!("no data from Consul yet for {}", needs.describe()),
         ));
         answer
     }
@@ -138,6 +189,7 @@ impl Answer {
             warm: Vec::new(),
             stale: false,
             volatile: false,
+            query: None,
         }
     }
 
@@ -174,6 +226,23 @@ pub struct Needs {
     pub catalogs: Vec<String>,
 }
 
+impl Needs {
+    /// What is waited for, for people: "web in dc1, the catalog of dc2".
+    pub fn describe(&self) -> String {
+        let waiting: Vec<String> = self
+            .services
+            .iter()
+            .map(|k| format!("{} in {}", k.service, k.datacenter))
+            .chain(
+                self.catalogs
+                    .iter()
+                    .map(|dc| format!("the catalog of {dc}")),
+            )
+            .collect();
+        waiting.join(", ")
+    }
+}
+
 /// Per-call inputs that would otherwise need the clock or a global RNG.
 pub struct Context<'a> {
     /// The SOA serial (Unix seconds, as Consul uses).
@@ -182,6 +251,19 @@ pub struct Context<'a> {
     pub rng: &'a mut fastrand::Rng,
     /// A monotonic clock reading, for `failback_after`.
     pub now: Duration,
+    /// Filled in with how the answer was chosen, when set.
+    pub trace: Option<&'a mut Trace>,
+}
+
+impl Context<'_> {
+    /// Records the reason of the choice, if tracing.
+    fn reason(&mut self, chosen: Option<&str>, reason: &str, detail: String) {
+        if let Some(trace) = self.trace.as_deref_mut() {
+            trace.chosen = chosen.map(str::to_owned);
+            trace.reason = reason.to_owned();
+            trace.detail = detail;
+        }
+    }
 }
 
 /// EDE info code 14, "Not Ready" (RFC 8914 §4.15).
@@ -287,6 +369,66 @@ impl Resolver {
     /// The `[[query]]` definitions.
     pub fn query_defs(&self) -> impl Iterator<Item = &QueryDef> {
         self.queries.values().map(|q| &**q)
+    }
+
+    /// The definitions whose answering datacenter is followed (failover
+    /// events and metrics): every `[[query]]` and static prepared query,
+    /// as (metric label, name to ask). Templates need a name to render.
+    pub fn followed(&self) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = self
+            .query_defs()
+            .map(|d| (d.name.clone(), d.name.clone()))
+            .collect();
+        if let Some(prepared) = &self.prepared {
+            for def in prepared.static_defs() {
+                let Some(label) = def.metric_label() else {
+                    continue;
+                };
+                // A name in `[[query]]` hides the prepared query of that name.
+                if def.name.is_empty() || !self.queries.contains_key(&def.name) {
+                    let ask = match &def.origin {
+                        crate::config::Origin::Prepared { id } if def.name.is_empty() => id,
+                        _ => &def.name,
+                    };
+                    out.push((label.to_owned(), ask.clone()));
+                }
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// The full name of query `name` in the first zone
+    /// (`<name>.query.<domain>`).
+    pub fn query_name(&self, name: &str) -> Option<Name> {
+        let zone = self.domains.first()?;
+        let relative = Name::from_ascii(format!("{name}.query")).ok()?;
+        relative.append_domain(&zone.domain).ok()
+    }
+
+    /// A name as an operator types it for `explain`: a name in one of the
+    /// zones as it is; a bare word (no dot) as `<word>.query.<domain>`.
+    pub fn explain_name(&self, name: &str) -> Result<Name, String> {
+        let trimmed = name.trim();
+        if !trimmed.contains('.') && !trimmed.is_empty() {
+            return self
+                .query_name(trimmed)
+                .ok_or_else(|| format!("{trimmed:?} is not a valid query name"));
+        }
+        let name = Name::from_ascii(trimmed)
+            .map_err(|e| format!("{trimmed:?} is not a valid DNS name: {e}"))?;
+        let mut fqdn = name.clone();
+        fqdn.set_fqdn(true);
+        if self.domains.iter().any(|z| z.domain.zone_of(&fqdn)) {
+            Ok(fqdn)
+        } else {
+            let zones: Vec<String> = self.domains.iter().map(|z| z.domain.to_string()).collect();
+            Err(format!(
+                "{trimmed:?} is not in the zone(s) served: {}",
+                zones.join(", ")
+            ))
+        }
     }
 
     /// What settles Consul's prepared queries under this configuration.
@@ -536,6 +678,11 @@ impl Resolver {
                 return self.lookup(question, zone, view, ctx, &def, &chain, Kind::Query);
             }
             Some(Err(reason)) => {
+                ctx.reason(
+                    None,
+                    "template_error",
+                    format!("the prepared query template for {name:?} does not render: {reason}"),
+                );
                 return Outcome::Answer(Answer::servfail(
                     Kind::Query,
                     EDE_OTHER,
@@ -545,6 +692,13 @@ impl Resolver {
             None => {}
         }
         if !self.implicit {
+            ctx.reason(
+                None,
+                "no_such_name",
+                format!(
+                    "no [[query]] or prepared query is named {name:?}, and queries.implicit is off"
+                ),
+            );
             return Outcome::Answer(zone.nxdomain(Kind::Query));
         }
         let def = QueryDef::implicit(
@@ -566,6 +720,15 @@ impl Resolver {
             }
         }
         if !known {
+            let detail = format!(
+                "no catalog of the failover chain ({}) lists a service {name:?}",
+                chain.join(", ")
+            );
+            ctx.reason(None, "no_such_service", detail);
+            if let Some(trace) = ctx.trace.as_deref_mut() {
+                trace.definition = Some(def.origin_text());
+                trace.service = Some(def.service.clone());
+            }
             if !pending.is_empty() {
                 return Outcome::Pending(Needs {
                     kind: Kind::Query,
@@ -621,6 +784,9 @@ impl Resolver {
                 kind,
             );
             answer.warm = Self::warm(view, def, &chain[position + 1..]);
+            if kind == Kind::Query {
+                answer.query = Some(def.metric_label().unwrap_or(IMPLICIT).to_owned());
+            }
             // Stale data behind the choice counts too: a datacenter
             // passed over on stale data, or the one answering.
             let stale: Vec<&str> = basis
@@ -640,20 +806,46 @@ impl Resolver {
             }
             Outcome::Answer(answer)
         };
+        if let Some(trace) = ctx.trace.as_deref_mut() {
+            trace.definition = Some(def.origin_text());
+            trace.service = Some(def.service.clone());
+            trace.policy = Some(PolicyTrace {
+                only_passing: def.policy.only_passing,
+                min_healthy: def.policy.min_healthy,
+                failback_after_seconds: def.policy.failback_after.as_secs_f64(),
+                on_all_unhealthy: def.policy.on_all_unhealthy.as_str().to_owned(),
+            });
+        }
         if def.service.is_empty() {
             // A template rendered for a name its regexp does not match.
+            ctx.reason(
+                None,
+                "no_such_service",
+                "the prepared query template renders no service for this name".to_owned(),
+            );
             return Outcome::Answer(zone.nxdomain(kind));
         }
         let mut seen: Vec<Candidate> = Vec::with_capacity(chain.len());
         let mut not_ready: Vec<&str> = Vec::new();
         let mut unknown: Vec<&str> = Vec::new();
         let mut chosen = None;
+        let mut looked = 0;
         for (position, dc) in chain.iter().enumerate() {
-            match Self::candidate(view, def, position, dc) {
+            looked = position + 1;
+            let step = Self::candidate(view, def, position, dc);
+            if let Some(trace) = ctx.trace.as_deref_mut() {
+                trace.datacenters.push(Self::trace_step(view, dc, &step));
+            }
+            match step {
                 Step::Skip => {}
                 Step::NotReady => not_ready.push(dc),
                 Step::Unknown => unknown.push(dc),
                 Step::Wait(needs) => {
+                    ctx.reason(
+                        None,
+                        "pending",
+                        format!("waiting for the first data of {} in {dc}", def.service),
+                    );
                     return Outcome::Pending(Needs { kind, ..needs });
                 }
                 Step::Use(candidate) => {
@@ -666,13 +858,62 @@ impl Resolver {
                 }
             }
         }
+        if let Some(trace) = ctx.trace.as_deref_mut() {
+            // The rest of the chain, for the record.
+            for (position, dc) in chain.iter().enumerate().skip(looked) {
+                let step = Self::candidate(view, def, position, dc);
+                trace.datacenters.push(Self::trace_step(view, dc, &step));
+            }
+        }
         let mut basis: Vec<(usize, bool)> = seen.iter().map(|c| (c.position, c.stale)).collect();
+        let min = def.policy.min_healthy;
         if let Some(at) = chosen {
             let held = self.hold_back(view, def, chain, &seen[at], ctx.now);
             let candidate = held.as_ref().unwrap_or(&seen[at]);
             basis.extend(held.as_ref().map(|h| (h.position, h.stale)));
             let usable = usable_instances(&candidate.health.instances, def);
-            let mut outcome = answer_from(candidate.position, &basis, &usable, ctx);
+            let position = candidate.position;
+            let mut outcome = answer_from(position, &basis, &usable, ctx);
+            let stale = matches!(&outcome, Outcome::Answer(a) if a.stale);
+            let dc = &chain[position];
+            let (reason, detail) = if held.is_some() {
+                (
+                    "failback_held",
+                    format!(
+                        "{} is healthy again but failback_after holds answers on {dc} until it has stayed so for {:?}",
+                        chain[seen[at].position], def.policy.failback_after
+                    ),
+                )
+            } else if stale {
+                let text = match &outcome {
+                    Outcome::Answer(a) => a.extended_error.as_ref().map(|(_, t)| t.clone()),
+                    _ => None,
+                };
+                (
+                    "stale",
+                    format!("{dc} answers: {}", text.unwrap_or_default()),
+                )
+            } else if position == 0 {
+                (
+                    "local_healthy",
+                    format!(
+                        "{dc}, first in the chain, has {} usable instance(s) (min_healthy {min})",
+                        usable.len()
+                    ),
+                )
+            } else {
+                let before: Vec<&str> = chain[..position].iter().map(String::as_str).collect();
+                (
+                    "failover",
+                    format!(
+                        "{} {} fewer than min_healthy {min} usable instance(s); {dc} has {}",
+                        before.join(", "),
+                        if before.len() == 1 { "has" } else { "have" },
+                        usable.len()
+                    ),
+                )
+            };
+            ctx.reason(Some(dc), reason, detail);
             if let (Some(_), Outcome::Answer(answer)) = (&held, &mut outcome) {
                 answer.volatile = true;
             }
@@ -682,43 +923,86 @@ impl Resolver {
         // usable beats no answer.
         if let Some(candidate) = seen.iter().find(|c| c.usable > 0) {
             let usable = usable_instances(&candidate.health.instances, def);
+            let dc = &chain[candidate.position];
+            ctx.reason(
+                Some(dc),
+                "below_min_healthy",
+                format!(
+                    "no datacenter has min_healthy {min} usable instance(s); {dc} is the first with any ({})",
+                    usable.len()
+                ),
+            );
             return answer_from(candidate.position, &basis, &usable, ctx);
         }
         // A datacenter we cannot see is not an unhealthy one.
         if !not_ready.is_empty() {
-            return Outcome::Answer(Answer::servfail(
-                kind,
-                EDE_NOT_READY,
-                format!(
-                    "no data from Consul yet for {} in {}, and its Consul does not answer",
-                    def.service,
-                    not_ready.join(", ")
-                ),
-            ));
+            let text = format!(
+                "no data from Consul yet for {} in {}, and its Consul does not answer",
+                def.service,
+                not_ready.join(", ")
+            );
+            ctx.reason(None, "not_ready", text.clone());
+            return Outcome::Answer(Answer::servfail(kind, EDE_NOT_READY, text));
         }
         if !unknown.is_empty() {
-            return Outcome::Answer(Answer::servfail(
-                kind,
-                EDE_NO_REACHABLE_AUTHORITY,
-                format!(
-                    "Consul of {} has not answered for longer than consul.max_stale; nothing usable is known for {}",
-                    unknown.join(", "),
-                    def.service
-                ),
-            ));
+            let text = format!(
+                "Consul of {} has not answered for longer than consul.max_stale; nothing usable is known for {}",
+                unknown.join(", "),
+                def.service
+            );
+            ctx.reason(None, "unknown", text.clone());
+            return Outcome::Answer(Answer::servfail(kind, EDE_NO_REACHABLE_AUTHORITY, text));
         }
+        let first_open = seen
+            .first()
+            .filter(|f| f.position == 0 && !f.health.instances.is_empty());
+        let dc = first_open
+            .filter(|_| def.policy.on_all_unhealthy == OnAllUnhealthy::FailOpen)
+            .map(|_| chain[0].as_str());
+        ctx.reason(
+            dc,
+            "all_unhealthy",
+            format!(
+                "no datacenter of the chain ({}) has a usable instance of {}; on_all_unhealthy = {:?}",
+                chain.join(", "),
+                def.service,
+                def.policy.on_all_unhealthy.as_str(),
+            ),
+        );
         match def.policy.on_all_unhealthy {
             OnAllUnhealthy::Nxdomain => Outcome::Answer(zone.nxdomain(kind)),
             OnAllUnhealthy::Servfail => {
                 Outcome::Answer(Answer::empty(kind, ResponseCode::ServFail))
             }
-            OnAllUnhealthy::FailOpen => match seen.first() {
-                Some(first) if first.position == 0 && !first.health.instances.is_empty() => {
+            OnAllUnhealthy::FailOpen => match first_open {
+                Some(first) => {
                     let all: Vec<&Instance> = first.health.instances.iter().collect();
                     answer_from(0, &basis, &all, ctx)
                 }
                 _ => Outcome::Answer(zone.nxdomain(kind)),
             },
+        }
+    }
+
+    /// One step of a chain as `/v1/explain` shows it.
+    fn trace_step(view: &impl HealthLookup, dc: &str, step: &Step) -> DatacenterTrace {
+        let (state, usable, total) = match step {
+            Step::Skip => ("not_in_catalog", None, None),
+            Step::NotReady => ("unreachable", None, None),
+            Step::Unknown => ("unknown", None, None),
+            Step::Wait(_) => ("pending", None, None),
+            Step::Use(c) => (
+                if c.stale { "stale" } else { "fresh" },
+                Some(c.usable),
+                Some(c.health.instances.len()),
+            ),
+        };
+        DatacenterTrace {
+            name: dc.to_owned(),
+            state,
+            usable,
+            total,
+            reachable: view.reachable(dc),
         }
     }
 

@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use super::blocking::DEFAULT_BACKOFF_MIN;
 use super::{Backoff, BlockingIndex, ConsulClient, ConsulError, IndexMove, RateLimit};
 use crate::health::{Data, HealthLookup, HealthView, Instance, ServiceHealth, ServiceKey};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Outcome, RequestKind};
 use crate::prepared::Definition;
 
 /// One running watch task. It stops with the shutdown token, or alone
@@ -119,7 +119,6 @@ impl Watcher {
         metrics: Metrics,
         shutdown: CancellationToken,
     ) -> Self {
-        metrics.set_watches(0);
         Self {
             shared: Arc::new(Shared {
                 client,
@@ -341,7 +340,6 @@ impl Watcher {
         let target = ServiceTarget { key: key.clone() };
         let handle = tokio::spawn(watch_loop(self.shared.clone(), target));
         running.services.insert(key.clone(), Task::new(handle));
-        self.shared.metrics.set_watches(running.watches());
         tracing::debug!(datacenter = %key.datacenter, service = %key.service, "Consul health watch started");
         true
     }
@@ -357,7 +355,6 @@ impl Watcher {
         // `ServiceTarget::store`).
         task.handle.abort();
         self.shared.view.remove_service_slot(key);
-        self.shared.metrics.set_watches(running.watches());
         tracing::debug!(datacenter = %key.datacenter, service = %key.service, "Consul health watch stopped");
         true
     }
@@ -387,7 +384,6 @@ impl Watcher {
         };
         let handle = tokio::spawn(watch_loop(self.shared.clone(), target));
         running.catalogs.insert(dc.to_owned(), Task::new(handle));
-        self.shared.metrics.set_watches(running.watches());
         tracing::debug!(datacenter = dc, "Consul catalog watch started");
         true
     }
@@ -425,7 +421,6 @@ impl Watcher {
             // A task that panicked has logged it; nothing is left to do.
             let _ = handle.await;
         }
-        self.shared.metrics.set_watches(0);
     }
 }
 
@@ -637,6 +632,17 @@ fn watch_loop<T: Target>(shared: Arc<Shared>, target: T) -> impl Future<Output =
                 () = stop.cancelled() => break,
                 result = target.read(&shared, sent) => result,
             };
+            let kind = if sent > 0 {
+                RequestKind::Blocking
+            } else {
+                RequestKind::Immediate
+            };
+            shared.metrics.consul_request(
+                target.datacenter(),
+                kind,
+                outcome_of(&result),
+                started.elapsed(),
+            );
             match result {
                 Ok((returned, value)) => {
                     if errors > 0 {
@@ -674,7 +680,6 @@ fn watch_loop<T: Target>(shared: Arc<Shared>, target: T) -> impl Future<Output =
                     target.outcome(&shared, true);
                 }
                 Err(error) => {
-                    shared.metrics.watch_error(target.datacenter());
                     if errors == 0 {
                         tracing::warn!(
                             datacenter = target.datacenter(),
@@ -706,6 +711,15 @@ fn watch_loop<T: Target>(shared: Arc<Shared>, target: T) -> impl Future<Output =
     }
 }
 
+/// The `outcome` label of a Consul request's result.
+fn outcome_of<T>(result: &Result<T, ConsulError>) -> Outcome {
+    match result {
+        Ok(_) => Outcome::Ok,
+        Err(ConsulError::Timeout { .. }) => Outcome::Timeout,
+        Err(_) => Outcome::Error,
+    }
+}
+
 /// Probes every known datacenter each `period` (see
 /// [`Watcher::spawn_reachability_probe`]) until shutdown.
 async fn probe_loop(shared: Arc<Shared>, period: Duration) {
@@ -718,8 +732,16 @@ async fn probe_loop(shared: Arc<Shared>, period: Duration) {
         // An empty name: the local datacenter is not known yet.
         for dc in datacenters.iter().filter(|dc| !dc.is_empty()).cloned() {
             let client = Arc::clone(&shared.client);
+            let metrics = shared.metrics.clone();
             probes.spawn(async move {
+                let started = Instant::now();
                 let result = client.probe(&dc, timeout).await;
+                metrics.consul_request(
+                    &dc,
+                    RequestKind::Immediate,
+                    outcome_of(&result),
+                    started.elapsed(),
+                );
                 (dc, result)
             });
         }
@@ -738,7 +760,6 @@ async fn probe_loop(shared: Arc<Shared>, period: Duration) {
                     recovered = true;
                     tracing::info!(datacenter = %dc, "Consul answers again; its data is fresh once its watches catch up");
                 } else if let Err(error) = result {
-                    shared.metrics.watch_error(&dc);
                     tracing::warn!(datacenter = %dc, %error, "Consul does not answer; serving its last known data, flagged stale");
                 }
             }
@@ -760,11 +781,18 @@ async fn refresh_datacenters(shared: Arc<Shared>, period: Duration) {
     let mut backoff = Backoff::new(DEFAULT_BACKOFF_MIN, period.max(DEFAULT_BACKOFF_MIN));
     let mut failing = false;
     loop {
+        let started = Instant::now();
         let result = tokio::select! {
             biased;
             () = stop.cancelled() => break,
             result = shared.client.datacenters() => result,
         };
+        shared.metrics.consul_request(
+            &shared.view.local_datacenter(),
+            RequestKind::Immediate,
+            outcome_of(&result),
+            started.elapsed(),
+        );
         let pause = match result {
             Ok(datacenters) => {
                 if failing {
@@ -779,7 +807,6 @@ async fn refresh_datacenters(shared: Arc<Shared>, period: Duration) {
             }
             Err(error) => {
                 let local = shared.view.local_datacenter();
-                shared.metrics.watch_error(&local);
                 if !failing {
                     tracing::warn!(datacenter = %local, error = %error, "cannot read Consul's datacenter list; keeping the last one");
                     failing = true;
@@ -902,7 +929,6 @@ mod tests {
         );
         assert_eq!(status(&f.view, &key, "n2"), Some(CheckStatus::Warning));
         assert_eq!(f.watcher.watch_count(), 1);
-        assert!(f.metrics.render().contains("consul_dns_watches 1"));
         let first = reads(&f.sim, "dc1", "web");
         assert_eq!(
             first[0].param("index").as_deref(),
@@ -913,7 +939,6 @@ mod tests {
         assert!(!f.watcher.is_watching(&key));
         assert!(!f.view.has_service_slot(&key));
         assert_eq!(f.watcher.watch_count(), 0);
-        assert!(f.metrics.render().contains("consul_dns_watches 0"));
     }
 
     #[tokio::test]
@@ -992,7 +1017,7 @@ mod tests {
             slowest < Duration::from_millis(200),
             "slowest update took {slowest:?}"
         );
-        assert_eq!(f.metrics.watch_errors("dc1"), 0);
+        assert_eq!(f.metrics.consul_failures("dc1"), 0);
     }
 
     #[tokio::test]
@@ -1066,7 +1091,7 @@ mod tests {
         .await;
         let kept = health(&f.view, &key).unwrap();
         eventually("four errors are counted", BOUND, || {
-            f.metrics.watch_errors("dc1") == 4
+            f.metrics.consul_failures("dc1") == 4
         })
         .await;
         assert!(
@@ -1080,7 +1105,7 @@ mod tests {
             status(&f.view, &key, "n1") == Some(CheckStatus::Passing)
         })
         .await;
-        assert_eq!(f.metrics.watch_errors("dc1"), 4);
+        assert_eq!(f.metrics.consul_failures("dc1"), 4);
         assert!(
             f.sim.faults("dc1").fail.is_empty(),
             "every injected failure was used"
@@ -1097,7 +1122,7 @@ mod tests {
         blocked(&f.sim, "dc1", "web", 0).await;
         f.sim.stop_listener("dc1").await;
         eventually("errors are counted", BOUND, || {
-            f.metrics.watch_errors("dc1") >= 2
+            f.metrics.consul_failures("dc1") >= 2
         })
         .await;
         assert_eq!(
@@ -1213,7 +1238,7 @@ mod tests {
         // One more watch stuck in backoff against a failing datacenter.
         f.watcher.ensure_service(&ServiceKey::new("nowhere", "web"));
         eventually("the failing watch errs", BOUND, || {
-            f.metrics.watch_errors("nowhere") > 0
+            f.metrics.consul_failures("nowhere") > 0
         })
         .await;
         assert_eq!(f.watcher.watch_count(), 4);

@@ -234,7 +234,7 @@ impl Worker {
                         let socket = Arc::clone(&self.socket);
                         self.runtime.spawn(async move {
                             let prepared = handler.prepare(&request).await;
-                            handler.count(&prepared);
+                            handler.count(&request, &prepared);
                             let bytes = encode_udp(&request, &prepared);
                             if !bytes.is_empty() {
                                 let _ = socket.send_to(&bytes, source);
@@ -450,7 +450,7 @@ impl DnsHandler {
         let Some((prepared, answer)) = self.prepare_now(&request, &recorder) else {
             return Immediate::Later(Box::new(request));
         };
-        self.count(&prepared);
+        self.count(&request, &prepared);
         let bytes = encode_udp(&request, &prepared);
         let keep = match answer {
             Some(answer) if bytes.len() > 2 => {
@@ -473,7 +473,7 @@ impl DnsHandler {
                 Some(Entry {
                     variants: variants.into(),
                     next: 1,
-                    counters: self.counters(&prepared).into(),
+                    counters: self.counters(&request, &prepared).into(),
                     uses,
                 })
             }

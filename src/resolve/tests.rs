@@ -117,6 +117,7 @@ fn ask(r: &Resolver, view: &FixedView, name: &str, qtype: RecordType) -> Outcome
             serial: 1234,
             rng: &mut rng,
             now: Duration::ZERO,
+            trace: None,
         },
     )
 }
@@ -711,6 +712,7 @@ fn zone_structure_and_refusals() {
             serial: 1,
             rng: &mut rng,
             now: Duration::ZERO,
+            trace: None,
         },
     ) {
         Outcome::Answer(a) => assert_eq!(a.rcode, ResponseCode::Refused),
@@ -791,6 +793,7 @@ fn answers_are_shuffled() {
                 serial: 1,
                 rng: &mut rng,
                 now: Duration::ZERO,
+                trace: None,
             },
         ) {
             assert_eq!(a.answers.len(), 20);
@@ -871,7 +874,7 @@ proptest! {
         prop_assume!(parsed.is_ok());
         let question = Question { name: parsed.unwrap(), qtype: RecordType::from(qtype), qclass: DNSClass::IN };
         let mut rng = fastrand::Rng::with_seed(3);
-        match r.resolve(&question, &view, &mut Context { serial: 1, rng: &mut rng, now: Duration::ZERO }) {
+        match r.resolve(&question, &view, &mut Context { serial: 1, rng: &mut rng, now: Duration::ZERO, trace: None }) {
             Outcome::Answer(a) => prop_assert_ne!(a.rcode, ResponseCode::Refused),
             Outcome::Pending(_) | Outcome::Forward(_) => {}
         }
@@ -1072,6 +1075,7 @@ fn ask_at(r: &Resolver, view: &FixedView, name: &str, now: Duration) -> Answer {
             serial: 1,
             rng: &mut rng,
             now,
+            trace: None,
         },
     ) {
         Outcome::Answer(a) => a,

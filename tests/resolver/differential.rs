@@ -489,14 +489,14 @@ fn run_batch(n: u8, dc_count: usize) {
     let posted = Instant::now();
     let mut gauge = None;
     let loaded = poll(Duration::from_secs(10), Duration::from_millis(20), || {
-        gauge = server.gauge("consul_dns_prepared_queries");
+        gauge = server.gauge("consul_failover_dns_prepared_queries");
         (gauge == Some(SCENARIOS as f64)).then(|| posted.elapsed())
     })
     .unwrap_or_else(|| {
-        panic!("consul_dns_prepared_queries is {gauge:?} 10 s after posting {SCENARIOS} queries")
+        panic!("consul_failover_dns_prepared_queries is {gauge:?} 10 s after posting {SCENARIOS} queries")
     });
     println!(
-        "  {SCENARIOS} queries posted; consul_dns_prepared_queries = {SCENARIOS} after {:.1} ms",
+        "  {SCENARIOS} queries posted; consul_failover_dns_prepared_queries = {SCENARIOS} after {:.1} ms",
         loaded.as_secs_f64() * 1000.0
     );
 

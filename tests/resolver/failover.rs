@@ -134,12 +134,12 @@ fn grafana_fails_over_to_dc2_and_back() {
     assert_eq!(out.answer_data("A"), strings(&dc2), "{}", out.text);
     let remote = metric_value(
         &server.metrics(),
-        "consul_dns_remote_answers_total",
+        "consul_failover_dns_answers_total",
         &[("datacenter", "dc2")],
     );
     assert!(
         remote >= 2.0,
-        "consul_dns_remote_answers_total{{datacenter=\"dc2\"}} is {remote}"
+        "consul_failover_dns_answers_total{{datacenter=\"dc2\"}} is {remote}"
     );
 
     // Nothing healthy anywhere: NXDOMAIN with the apex SOA.

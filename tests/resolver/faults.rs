@@ -317,11 +317,15 @@ fn local_agent_down_dc2_direct_fresh_dc1_stale() {
         ms(took)
     );
 
-    let counted = metric_value(&server.metrics(), "consul_dns_stale_answers_total", &[]);
-    println!("consul_dns_stale_answers_total = {counted}");
+    let counted = metric_value(
+        &server.metrics(),
+        "consul_failover_dns_stale_answers_total",
+        &[],
+    );
+    println!("consul_failover_dns_stale_answers_total = {counted}");
     assert!(
         counted >= stale_seen as f64,
-        "consul_dns_stale_answers_total is {counted}, but {stale_seen} stale answers were seen"
+        "consul_failover_dns_stale_answers_total is {counted}, but {stale_seen} stale answers were seen"
     );
 
     // The agent comes back: fresh again.
@@ -1339,7 +1343,11 @@ fn older_than_max_stale_is_unknown() {
         });
         println!("dc1 back: {name} answers dc1 {} later", ms(took));
     }
-    let stale_metric = metric_value(&server.metrics(), "consul_dns_stale_answers_total", &[]);
-    println!("consul_dns_stale_answers_total = {stale_metric}");
+    let stale_metric = metric_value(
+        &server.metrics(),
+        "consul_failover_dns_stale_answers_total",
+        &[],
+    );
+    println!("consul_failover_dns_stale_answers_total = {stale_metric}");
     assert!(stale_metric >= stale_before as f64);
 }

@@ -1,7 +1,7 @@
 //! A random-name flood (DESIGN §4): 100,000 `*.query.consul` and
 //! `*.service.consul` names no catalog has, sent by the real `dnsperf`.
 //! Every one must be NXDOMAIN from the catalog watches, start no watch
-//! (`consul_dns_watches` unchanged) and leave the server's memory where
+//! (`consul_failover_dns_watches` unchanged) and leave the server's memory where
 //! it was (RSS within 10 %).
 
 use std::fmt::Write as _;
@@ -140,11 +140,11 @@ fn dnsperf(server: &Server, file: &Path) -> Report {
     parse_report(&stdout)
 }
 
-/// `consul_dns_watches`, which must be exported.
+/// `consul_failover_dns_watches`, which must be exported.
 fn watches(server: &Server) -> f64 {
     server
-        .gauge("consul_dns_watches")
-        .expect("consul_dns_watches is exported")
+        .watched_pairs()
+        .expect("consul_failover_dns_watches is exported")
 }
 
 #[test]
@@ -181,7 +181,10 @@ fn random_name_flood_gets_nxdomain_without_watches_or_memory() {
         }
         (last.1.elapsed() >= Duration::from_secs(1)).then_some(now)
     });
-    assert!(settled.is_some(), "consul_dns_watches keeps changing");
+    assert!(
+        settled.is_some(),
+        "consul_failover_dns_watches keeps changing"
+    );
 
     let dir = tempfile::tempdir().expect("temporary directory");
     let mut rng = Rng::with_seed(SEED);
@@ -217,12 +220,12 @@ fn random_name_flood_gets_nxdomain_without_watches_or_memory() {
         report.qps,
         took.as_secs_f64()
     );
-    println!("consul_dns_watches: {watches_before} before, {watches_after} after");
+    println!("consul_failover_dns_watches: {watches_before} before, {watches_after} after");
     println!("RSS: {rss_before} KiB before, {rss_after} KiB after, ratio {ratio:.3}");
 
     assert_eq!(
         watches_after, watches_before,
-        "random names changed consul_dns_watches"
+        "random names changed consul_failover_dns_watches"
     );
     assert_eq!(
         report.sent, FLOOD as u64,

@@ -21,6 +21,7 @@
 //! | `faults` | issue 5: Consul down, hung, slow, failing, leaderless, rewound, forbidden; stale and unknown data; `failback_after`, `on_all_unhealthy`; start-up with Consul down | 70–79 |
 //! | `chaos` | random Consul faults under a steady query stream (`CHAOS_SECS`, `CHAOS_SEED`) | 80 |
 //! | `reload` | SIGHUP reloads (good and bad files), SIGTERM | 81–84 |
+//! | `observe` | metrics (promtool), `/v1/explain`, `explain`, `/v1/events` across a failover | 150–151 |
 //!
 //! Run `cargo test --test resolver -- --nocapture` to see the failover
 //! latency figures.
@@ -35,6 +36,7 @@ mod faults;
 mod flood;
 mod forwarders;
 mod harness;
+mod observe;
 mod prepared;
 mod reload;
 mod upstream;

@@ -201,16 +201,16 @@ fn create_query(federation: &Federation, dir: &Path, file: &str, definition: &st
         .to_owned()
 }
 
-/// Waits until the server's `consul_dns_prepared_queries` is `count`
+/// Waits until the server's `consul_failover_dns_prepared_queries` is `count`
 /// (at most 5 s): how long that took.
 fn wait_for_gauge(server: &Server, count: f64) -> Duration {
     let since = Instant::now();
     let mut last = None;
     poll(MEASURE, Duration::from_millis(20), || {
-        last = server.gauge("consul_dns_prepared_queries");
+        last = server.gauge("consul_failover_dns_prepared_queries");
         (last == Some(count)).then(|| since.elapsed())
     })
-    .unwrap_or_else(|| panic!("consul_dns_prepared_queries is {last:?}, want {count}"))
+    .unwrap_or_else(|| panic!("consul_failover_dns_prepared_queries is {last:?}, want {count}"))
 }
 
 /// Formats a duration in milliseconds.
@@ -275,9 +275,9 @@ fn classic_prepared_query_is_created_failed_over_changed_and_deleted() {
         "{name} before any prepared query"
     );
     assert_eq!(
-        server.gauge("consul_dns_prepared_queries"),
+        server.gauge("consul_failover_dns_prepared_queries"),
         Some(0.0),
-        "consul_dns_prepared_queries before any prepared query"
+        "consul_failover_dns_prepared_queries before any prepared query"
     );
 
     // Create.
@@ -295,7 +295,10 @@ fn classic_prepared_query_is_created_failed_over_changed_and_deleted() {
         ms(took)
     );
     let gauge = wait_for_gauge(&server, 1.0);
-    println!("consul_dns_prepared_queries = 1 after {}", ms(gauge));
+    println!(
+        "consul_failover_dns_prepared_queries = 1 after {}",
+        ms(gauge)
+    );
     assert_eq!(
         look(dns, &format!("{id}.query.consul")),
         local,

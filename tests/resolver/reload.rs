@@ -3,8 +3,8 @@
 //!
 //! - A good file is applied with no dropped query: a client thread asks
 //!   continuously through several reloads while a `[[query]]` appears and
-//!   goes, `dns.ttl` changes, and the watches follow (`consul_dns_watches`);
-//!   Consul's prepared queries are untouched (`consul_dns_prepared_queries`).
+//!   goes, `dns.ttl` changes, and the watches follow (`consul_failover_dns_watches`);
+//!   Consul's prepared queries are untouched (`consul_failover_dns_prepared_queries`).
 //! - A bad file (an unknown key, malformed TOML, a bad value) is logged,
 //!   naming the file, and the old configuration keeps serving; a good file
 //!   afterwards is applied.
@@ -177,14 +177,12 @@ fn sighup_applies_a_good_file_without_dropping_a_query() {
         "the prepared query answers"
     );
     assert_eq!(ttl_of(dns, grafana_name), Some(0));
-    let watches = server
-        .gauge("consul_dns_watches")
-        .expect("consul_dns_watches");
+    let watches = server.watched_pairs().expect("consul_failover_dns_watches");
     let prepared = server
-        .gauge("consul_dns_prepared_queries")
-        .expect("consul_dns_prepared_queries");
+        .gauge("consul_failover_dns_prepared_queries")
+        .expect("consul_failover_dns_prepared_queries");
     println!(
-        "before reloads: consul_dns_watches {watches}, consul_dns_prepared_queries {prepared}"
+        "before reloads: consul_failover_dns_watches {watches}, consul_failover_dns_prepared_queries {prepared}"
     );
     assert_eq!(prepared, 1.0);
 
@@ -208,12 +206,12 @@ fn sighup_applies_a_good_file_without_dropping_a_query() {
         let after_first = reloads_logged(&server);
         let mut seen = 0.0;
         let grew = poll(APPLIED_WITHIN, Duration::from_millis(20), || {
-            seen = server.gauge("consul_dns_watches").unwrap_or(-1.0);
+            seen = server.watched_pairs().unwrap_or(-1.0);
             (seen == watches + 2.0).then_some(())
         });
         assert!(
             grew.is_some(),
-            "consul_dns_watches is {seen} after adding loki (dc1, dc2), was {watches}"
+            "consul_failover_dns_watches is {seen} after adding loki (dc1, dc2), was {watches}"
         );
         let loki_reads: Vec<Option<String>> = federation
             .sim
@@ -234,12 +232,12 @@ fn sighup_applies_a_good_file_without_dropping_a_query() {
             reloads_logged(&server) > after_first
         });
         let shrunk = poll(APPLIED_WITHIN, Duration::from_millis(20), || {
-            seen = server.gauge("consul_dns_watches").unwrap_or(-1.0);
+            seen = server.watched_pairs().unwrap_or(-1.0);
             (seen == watches).then_some(())
         });
         assert!(
             shrunk.is_some(),
-            "consul_dns_watches is {seen} after removing loki, want {watches} again"
+            "consul_failover_dns_watches is {seen} after removing loki, want {watches} again"
         );
 
         // 3. Six reloads 300 ms apart, alternating, ending with loki.
@@ -263,11 +261,11 @@ fn sighup_applies_a_good_file_without_dropping_a_query() {
             answers(dns, pq_name, &grafana),
             "the prepared query after the reloads"
         );
-        let prepared_after = server.gauge("consul_dns_prepared_queries");
+        let prepared_after = server.gauge("consul_failover_dns_prepared_queries");
         assert_eq!(
             prepared_after,
             Some(prepared),
-            "consul_dns_prepared_queries after the reloads"
+            "consul_failover_dns_prepared_queries after the reloads"
         );
 
         stop.store(true, Ordering::Relaxed);

@@ -144,13 +144,13 @@ fn upstream_dnsmasq_answers_names_the_server_does_not() {
     let metrics = server.metrics();
     let relayed = metric_value(
         &metrics,
-        "consul_dns_queries_total",
+        "consul_failover_dns_queries_total",
         &[("kind", "other"), ("rcode", "NOERROR")],
     );
     assert!(relayed >= 4.0, "{metrics}");
     let nodes = metric_value(
         &metrics,
-        "consul_dns_queries_total",
+        "consul_failover_dns_queries_total",
         &[("kind", "node"), ("rcode", "NOERROR")],
     );
     assert!(nodes >= 2.0, "{metrics}");

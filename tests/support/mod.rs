@@ -1202,6 +1202,15 @@ impl Server {
             .unwrap_or_else(|| panic!("no VmRSS in {path}:\n{status}"))
     }
 
+    /// The watched (service, datacenter) pairs in every state
+    /// (`consul_failover_dns_watches`), `None` when not exported.
+    pub fn watched_pairs(&self) -> Option<f64> {
+        let metrics = self.metrics();
+        metrics
+            .contains("consul_failover_dns_watches{")
+            .then(|| metric_value(&metrics, "consul_failover_dns_watches", &[]))
+    }
+
     /// The value of the unlabelled sample `metric` of `/metrics`, `None`
     /// when the server does not export it.
     pub fn gauge(&self, metric: &str) -> Option<f64> {

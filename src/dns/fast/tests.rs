@@ -475,7 +475,7 @@ async fn fast_path_replies_decode_like_the_slow_path() {
     let rendered = fast_metrics.render();
     let cached: f64 = rendered
         .lines()
-        .find(|l| l.starts_with("consul_dns_udp_cached_answers_total "))
+        .find(|l| l.starts_with("consul_failover_dns_udp_cached_answers_total "))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
         .expect("the cached-answers counter");
