@@ -21,6 +21,7 @@
 //! | `faults` | issue 5: Consul down, hung, slow, failing, leaderless, rewound, forbidden; stale and unknown data; `failback_after`, `on_all_unhealthy`; start-up with Consul down | 70–79 |
 //! | `chaos` | random Consul faults under a steady query stream (`CHAOS_SECS`, `CHAOS_SEED`) | 80 |
 //! | `reload` | SIGHUP reloads (good and bad files), SIGTERM | 81–84 |
+//! | `recipes` | `config/` recipes: unbound (forward and stub zone), `named`, `dnsmasq` run as shipped through a failover; resolved, CoreDNS, Prometheus, Grafana files checked | 100–103 |
 //!
 //! Run `cargo test --test resolver -- --nocapture` to see the failover
 //! latency figures.
@@ -36,6 +37,7 @@ mod flood;
 mod forwarders;
 mod harness;
 mod prepared;
+mod recipes;
 mod reload;
 mod upstream;
 mod wire;
