@@ -22,6 +22,7 @@
 //! | `chaos` | random Consul faults under a steady query stream (`CHAOS_SECS`, `CHAOS_SEED`) | 80 |
 //! | `reload` | SIGHUP reloads (good and bad files), SIGTERM | 81–84 |
 //! | `observe` | metrics (promtool), `/v1/explain`, `explain`, `/v1/events` across a failover | 150–151 |
+//! | `recipes` | `config/` recipes: unbound (forward and stub zone), `named`, `dnsmasq` run as shipped through a failover; resolved, CoreDNS, Prometheus, Grafana files checked | 100–103 |
 //!
 //! Run `cargo test --test resolver -- --nocapture` to see the failover
 //! latency figures.
@@ -38,6 +39,7 @@ mod forwarders;
 mod harness;
 mod observe;
 mod prepared;
+mod recipes;
 mod reload;
 mod upstream;
 mod wire;

@@ -3,6 +3,7 @@
 //! command, and the `/v1/events` stream, through local healthy, failover,
 //! failback, stale and all-unhealthy states of `grafana.query.consul`.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
@@ -111,6 +112,40 @@ fn failovers(metrics: &str, from: &str, to: &str) -> f64 {
         "consul_failover_dns_failovers_total",
         &[("query", "grafana"), ("from", from), ("to", to)],
     )
+}
+
+/// Every metric family of a scrape with its label names (`le` aside;
+/// a histogram's `_bucket`, `_sum` and `_count` as one).
+fn families(text: &str) -> BTreeMap<String, BTreeSet<String>> {
+    let histograms: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" histogram"))
+        .collect();
+    let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let series = line.rsplit_once(' ').map_or(line, |(s, _)| s);
+        let (name, labels) = series.split_once('{').unwrap_or((series, ""));
+        let name = histograms
+            .iter()
+            .find(|h| {
+                ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .any(|suffix| name == format!("{h}{suffix}"))
+            })
+            .map_or(name, |h| *h);
+        let entry = out.entry(name.to_owned()).or_default();
+        for pair in labels
+            .trim_end_matches('}')
+            .split(',')
+            .filter(|p| !p.is_empty())
+        {
+            let label = pair.split_once('=').map_or(pair, |(l, _)| l);
+            if label != "le" {
+                entry.insert(label.to_owned());
+            }
+        }
+    }
+    out
 }
 
 /// `promtool check metrics` on `text`: it must find nothing to say.
@@ -241,6 +276,17 @@ fn metrics_explain_and_events_follow_a_failover() {
     );
     assert_eq!(failovers(&before, "dc1", "dc2"), 0.0, "{before}");
     promtool_accepts(&before);
+    // The list the shipped dashboard and scrape job are checked against
+    // is what the server exports (failovers_total has no series yet).
+    let listed: BTreeMap<String, BTreeSet<String>> = crate::recipes::METRICS
+        .iter()
+        .map(|(name, labels)| {
+            let labels = labels.iter().map(|l| (*l).to_owned()).collect();
+            ((*name).to_owned(), labels)
+        })
+        .filter(|(name, _)| !name.ends_with("failovers_total"))
+        .collect();
+    assert_eq!(families(&before), listed, "{before}");
     let local = explain(admin, NAME);
     assert_eq!(local["chosen"], "dc1", "{local:#}");
     assert_eq!(local["reason"], "local_healthy", "{local:#}");

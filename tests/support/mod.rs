@@ -38,7 +38,7 @@ use tokio::runtime::Runtime;
 /// Waits (at most 15 s) until the DNS server `name` started as `child`
 /// answers `consul. SOA` on `addr` (with an answer record if `served`);
 /// panics with `setup` if it exits or never answers.
-fn wait_answering(child: &mut Child, addr: SocketAddr, name: &str, served: bool, setup: &str) {
+pub fn wait_answering(child: &mut Child, addr: SocketAddr, name: &str, served: bool, setup: &str) {
     let probe = query("consul.", RecordType::SOA);
     let up = poll(Duration::from_secs(15), Duration::from_millis(50), || {
         if let Some(status) = child.try_wait().expect("child status") {
@@ -54,18 +54,42 @@ fn wait_answering(child: &mut Child, addr: SocketAddr, name: &str, served: bool,
 
 /// How to install every program these tests talk to.
 pub const INSTALL_HINT: &str =
-    "apt-get install -y bind9-dnsutils unbound dnsmasq-base knot dnsperf curl";
+    "apt-get install -y bind9-dnsutils bind9 bind9-utils unbound dnsmasq-base knot dnsperf curl";
+
+/// The Debian package that ships program `name`, for the message of a
+/// missing one.
+fn package_of(name: &str) -> &'static str {
+    match name {
+        "dig" => "bind9-dnsutils",
+        "named" => "bind9",
+        "named-checkconf" => "bind9-utils",
+        "unbound" | "unbound-checkconf" => "unbound",
+        "dnsmasq" => "dnsmasq-base",
+        "knotd" => "knot",
+        "dnsperf" => "dnsperf",
+        "curl" => "curl",
+        "getent" => "libc-bin",
+        "unshare" => "util-linux",
+        _ => "(see INSTALL_HINT)",
+    }
+}
 
 /// The path of the external program `name` (searched in `PATH`, then
 /// `/usr/sbin` and `/sbin`). A missing program fails the test with the
-/// install command: these tests are never skipped silently.
+/// package to install: these tests are never skipped silently.
 pub fn program(name: &str) -> PathBuf {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
         .map(|dir| dir.join(name))
         .find(|candidate| candidate.is_file())
-        .unwrap_or_else(|| panic!("`{name}` is not installed; this test needs it: {INSTALL_HINT}"))
+        .unwrap_or_else(|| {
+            panic!(
+                "`{name}` is not installed; this test needs it: apt-get install -y {} \
+                 (every program these tests use: {INSTALL_HINT})",
+                package_of(name)
+            )
+        })
 }
 
 /// Runs `command` to completion, for at most `limit` (then kills it and
@@ -138,6 +162,8 @@ static CLAIMED: Mutex<Vec<u8>> = Mutex::new(Vec::new());
 /// | the server's DNS (UDP and TCP) | `127.0.n.1:8600` |
 /// | the server's admin HTTP | `127.0.n.1:8653` |
 /// | a forwarder (unbound) | `127.0.n.2:53` |
+/// | a forwarder bound to `lo`'s address (named) | `127.0.0.1:(20000+n)` |
+/// | a stub refusing every question ([`Net::refuser`]) | `127.0.n.250:53` |
 /// | an upstream DNS (dnsmasq, [`Dnsmasq::addr_for`]) | `127.0.n.9:8601` |
 /// | the simulated Consul of dc1, dc2 | `127.0.n.3:0`, `127.0.n.4:0` |
 /// | instances in dc1, dc2 | `127.(10+n).1.x`, `127.(10+n).2.x` |
@@ -163,6 +189,20 @@ impl Net {
     /// The server's DNS address.
     pub fn dns(self) -> SocketAddr {
         SocketAddr::from(([127, 0, self.n, 1], 8600))
+    }
+
+    /// A forwarder's address for a program that listens only on the
+    /// addresses of an interface (`named`: `lo` has 127.0.0.1 alone):
+    /// `127.0.0.1:(20000 + n)`, below the ephemeral port range.
+    pub fn forwarder_on_lo(self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 20_000 + u16::from(self.n)))
+    }
+
+    /// Where a forwarder under test sends every name outside `consul.`
+    /// (`127.0.n.250:53`), so that nothing leaves this machine: a stub that
+    /// refuses every question listens there.
+    pub fn refuser(self) -> SocketAddr {
+        SocketAddr::from(([127, 0, self.n, 250], 53))
     }
 
     /// The server's admin HTTP address.
