@@ -85,10 +85,7 @@ fn ms(d: Duration) -> String {
 fn grafana_fails_over_to_dc2_and_back() {
     let net = Net::claim(1);
     let federation = Federation::start(net);
-    let dc1 =
-        federation.register_service("dc1", "grafana", &[net.instance(1, 1), net.instance(1, 2)]);
-    let dc2 =
-        federation.register_service("dc2", "grafana", &[net.instance(2, 1), net.instance(2, 2)]);
+    let (dc1, dc2) = federation.grafana_everywhere(net);
     let check = Instance::check_id("grafana");
     let server = Server::start(net, &federation);
     let dns = server.dns();

@@ -160,16 +160,6 @@ fn rejected(samples: &[Sample], accept: impl Fn(&Sample, &Answered) -> bool) -> 
         .collect()
 }
 
-/// The two-instance grafana of dc1 and dc2 most tests use: the sorted
-/// addresses of each.
-fn grafana_everywhere(net: Net, federation: &Federation) -> (Vec<Ipv4Addr>, Vec<Ipv4Addr>) {
-    let dc1 =
-        federation.register_service("dc1", "grafana", &[net.instance(1, 1), net.instance(1, 2)]);
-    let dc2 =
-        federation.register_service("dc2", "grafana", &[net.instance(2, 1), net.instance(2, 2)]);
-    (dc1, dc2)
-}
-
 /// Requests for `/v1/health/service/<service>` that `dc`'s listener
 /// received for datacenter `target` (no `?dc=` means the listener's own).
 fn health_requests(
@@ -193,7 +183,7 @@ fn health_requests(
 fn local_agent_down_dc2_direct_fresh_dc1_stale() {
     let net = Net::claim(70);
     let federation = Federation::start(net);
-    let (dc1, dc2) = grafana_everywhere(net, &federation);
+    let (dc1, dc2) = federation.grafana_everywhere(net);
     let config = fault_server_config(
         net,
         &federation.url("dc1"),
@@ -351,7 +341,7 @@ fn local_agent_down_dc2_direct_fresh_dc1_stale() {
 fn index_rewind_resets_the_watch_and_answers_stay_right() {
     let net = Net::claim(71);
     let federation = Federation::start(net);
-    let (dc1, dc2) = grafana_everywhere(net, &federation);
+    let (dc1, dc2) = federation.grafana_everywhere(net);
     let check = Instance::check_id("grafana");
     let server = Server::start_with(
         net,
@@ -472,7 +462,7 @@ fn index_rewind_resets_the_watch_and_answers_stay_right() {
 fn hung_consul_answers_flow_from_memory_flagged_stale() {
     let net = Net::claim(72);
     let federation = Federation::start(net);
-    let (dc1, _) = grafana_everywhere(net, &federation);
+    let (dc1, _) = federation.grafana_everywhere(net);
     let server = Server::start_with(
         net,
         &fault_server_config(net, &federation.url("dc1"), "", GRAFANA),
@@ -692,7 +682,7 @@ fn unix_ms_at(instant: Instant) -> u128 {
 fn leader_loss_answers_keep_flowing_fresh() {
     let net = Net::claim(74);
     let federation = Federation::start(net);
-    let (dc1, dc2) = grafana_everywhere(net, &federation);
+    let (dc1, dc2) = federation.grafana_everywhere(net);
     let check = Instance::check_id("grafana");
     let server = Server::start_with(
         net,
@@ -898,7 +888,7 @@ fn forbidden_service_logged_once_token_never() {
 fn failback_waits_for_failback_after() {
     let net = Net::claim(76);
     let federation = Federation::start(net);
-    let (dc1, dc2) = grafana_everywhere(net, &federation);
+    let (dc1, dc2) = federation.grafana_everywhere(net);
     let check = Instance::check_id("grafana");
     let failback = Duration::from_secs(2);
     let server = Server::start_with(
@@ -1029,7 +1019,7 @@ fn wait_switch(
 fn on_all_unhealthy_policies() {
     let net = Net::claim(77);
     let federation = Federation::start(net);
-    let (dc1, _) = grafana_everywhere(net, &federation);
+    let (dc1, _) = federation.grafana_everywhere(net);
     let check = Instance::check_id("grafana");
     let policies = [
         ("g-default", None),
@@ -1114,7 +1104,7 @@ fn on_all_unhealthy_policies() {
 fn startup_with_consul_down_answers_at_once_then_recovers() {
     let net = Net::claim(78);
     let federation = Federation::start(net);
-    let (dc1, _) = grafana_everywhere(net, &federation);
+    let (dc1, _) = federation.grafana_everywhere(net);
     federation.stop_listener("dc1");
     let config = fault_server_config(net, &federation.url("dc1"), "", GRAFANA);
     let first_answer_wait = Duration::from_millis(500);
@@ -1219,7 +1209,7 @@ fn startup_with_consul_down_answers_at_once_then_recovers() {
 fn older_than_max_stale_is_unknown() {
     let net = Net::claim(79);
     let federation = Federation::start(net);
-    let (dc1, dc2) = grafana_everywhere(net, &federation);
+    let (dc1, dc2) = federation.grafana_everywhere(net);
     let max_stale = Duration::from_secs(2);
     let config = fault_server_config(
         net,

@@ -179,10 +179,7 @@ fn promtool_accepts(text: &str) {
 fn metrics_explain_and_events_follow_a_failover() {
     let net = Net::claim(150);
     let federation = Federation::start(net);
-    let dc1 =
-        federation.register_service("dc1", "grafana", &[net.instance(1, 1), net.instance(1, 2)]);
-    let dc2 =
-        federation.register_service("dc2", "grafana", &[net.instance(2, 1), net.instance(2, 2)]);
+    let (dc1, dc2) = federation.grafana_everywhere(net);
     let check = Instance::check_id("grafana");
     let server = Server::start(net, &federation);
     let (dns, admin) = (server.dns(), net.admin());

@@ -498,10 +498,7 @@ fn wait_through(forwarder: &Forwarder, want: &[Ipv4Addr], when: &str) -> Duratio
 /// instances in dc1 and two in dc2 (the `[[query]]` fails over to dc2).
 fn federation(net: Net) -> (Federation, Server, Vec<Ipv4Addr>, Vec<Ipv4Addr>) {
     let federation = Federation::start(net);
-    let dc1 =
-        federation.register_service("dc1", "grafana", &[net.instance(1, 1), net.instance(1, 2)]);
-    let dc2 =
-        federation.register_service("dc2", "grafana", &[net.instance(2, 1), net.instance(2, 2)]);
+    let (dc1, dc2) = federation.grafana_everywhere(net);
     let server = Server::start(net, &federation);
     (federation, server, dc1, dc2)
 }

@@ -293,6 +293,16 @@ impl Federation {
             .unwrap_or_else(|e| panic!("register {instance:?}: {e}"));
     }
 
+    /// The two-instance grafana of dc1 and dc2 most tests use: the sorted
+    /// addresses of each.
+    pub fn grafana_everywhere(&self, net: Net) -> (Vec<Ipv4Addr>, Vec<Ipv4Addr>) {
+        let dc1 =
+            self.register_service("dc1", "grafana", &[net.instance(1, 1), net.instance(1, 2)]);
+        let dc2 =
+            self.register_service("dc2", "grafana", &[net.instance(2, 1), net.instance(2, 2)]);
+        (dc1, dc2)
+    }
+
     /// Registers `service` in `dc` on nodes `<service>-1`, `<service>-2`…
     /// at `addresses` (passing, port 8080) and returns the addresses sorted.
     pub fn register_service(
