@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use hickory_proto::rr::{DNSClass, RecordType};
+use hickory_proto::rr::RecordType;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::health::{Data, HealthLookup, HealthView};
 use crate::metrics::Metrics;
 use crate::monitor::{Event, Events};
-use crate::resolve::{Context, DatacenterTrace, Outcome, PolicyTrace, Question, Resolver, Trace};
+use crate::resolve::{DatacenterTrace, Outcome, PolicyTrace, Resolver};
 
 /// How often an idle event stream gets a comment, so proxies and clients
 /// see it alive.
@@ -165,23 +165,8 @@ impl AdminState {
             Ok(n) => n,
             Err(message) => return json_error(StatusCode::BAD_REQUEST, message),
         };
-        let question = Question {
-            name: fqdn.clone(),
-            qtype: rtype,
-            qclass: DNSClass::IN,
-        };
-        let mut trace = Trace::default();
-        let mut rng = fastrand::Rng::new();
-        let outcome = resolver.resolve(
-            &question,
-            &*self.view,
-            &mut Context {
-                serial: crate::dns::unix_seconds(),
-                rng: &mut rng,
-                now: crate::dns::monotonic(),
-                trace: Some(&mut trace),
-            },
-        );
+        let (outcome, trace) =
+            crate::dns::resolve_traced(&resolver, &*self.view, fqdn.clone(), rtype);
         let mut explanation = Explanation {
             name: fqdn.to_string(),
             r#type: rtype.to_string(),

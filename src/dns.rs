@@ -23,7 +23,7 @@ use tokio::net::{TcpListener, UdpSocket};
 
 use crate::health::{HealthLookup, HealthView, ServiceKey};
 use crate::metrics::Metrics;
-use crate::resolve::{Answer, Context, EDE_OTHER, Kind, Needs, Outcome, Question, Resolver};
+use crate::resolve::{Answer, Context, EDE_OTHER, Kind, Needs, Outcome, Question, Resolver, Trace};
 use crate::upstream::{EDE_NO_REACHABLE_AUTHORITY, Upstream};
 
 /// The EDNS option code of Extended DNS Errors (RFC 8914).
@@ -282,6 +282,34 @@ impl DnsHandler {
 }
 
 /// Time since the first call, from a monotonic clock.
+/// Resolves `name` (`qtype`, class IN) from `view` as a query would,
+/// recording how the answer was chosen; starts no watch. For
+/// `/v1/explain` and the failover monitor.
+pub(crate) fn resolve_traced(
+    resolver: &Resolver,
+    view: &impl HealthLookup,
+    name: hickory_proto::rr::Name,
+    qtype: RecordType,
+) -> (Outcome, Trace) {
+    let question = Question {
+        name,
+        qtype,
+        qclass: hickory_proto::rr::DNSClass::IN,
+    };
+    let mut trace = Trace::default();
+    let outcome = resolver.resolve(
+        &question,
+        view,
+        &mut Context {
+            serial: unix_seconds(),
+            rng: &mut fastrand::Rng::new(),
+            now: monotonic(),
+            trace: Some(&mut trace),
+        },
+    );
+    (outcome, trace)
+}
+
 pub(crate) fn monotonic() -> Duration {
     static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
     EPOCH.get_or_init(std::time::Instant::now).elapsed()

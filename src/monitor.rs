@@ -12,14 +12,14 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
-use hickory_proto::rr::{DNSClass, RecordType};
+use hickory_proto::rr::RecordType;
 use serde::Serialize;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use crate::health::{HealthLookup, HealthView};
 use crate::metrics::Metrics;
-use crate::resolve::{Context, Outcome, Question, Resolver, Trace};
+use crate::resolve::{Outcome, Resolver};
 
 /// Events kept for a subscriber that reads slowly; one further behind
 /// is told how many it missed.
@@ -162,12 +162,11 @@ pub struct Monitor {
 impl Monitor {
     /// Runs until shutdown.
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut rng = fastrand::Rng::new();
         loop {
             let changed = self.view.changed();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            self.pass(&mut rng);
+            self.pass();
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 () = changed => {}
@@ -181,7 +180,7 @@ impl Monitor {
     }
 
     /// Looks once: every followed query, every datacenter.
-    pub fn pass(&self, rng: &mut fastrand::Rng) {
+    pub fn pass(&self) {
         let local = self.view.local_datacenter();
         if local.is_empty() {
             return;
@@ -199,22 +198,8 @@ impl Monitor {
             let Some(name) = resolver.query_name(&name) else {
                 continue;
             };
-            let question = Question {
-                name,
-                qtype: RecordType::A,
-                qclass: DNSClass::IN,
-            };
-            let mut trace = Trace::default();
-            let outcome = resolver.resolve(
-                &question,
-                &*self.view,
-                &mut Context {
-                    serial: 0,
-                    rng,
-                    now: crate::dns::monotonic(),
-                    trace: Some(&mut trace),
-                },
-            );
+            let (outcome, trace) =
+                crate::dns::resolve_traced(&resolver, &*self.view, name, RecordType::A);
             if matches!(outcome, Outcome::Pending(_)) {
                 // Not synced yet: nothing to say.
                 continue;
