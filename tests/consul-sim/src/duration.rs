@@ -1,5 +1,7 @@
-//! Go's `time.ParseDuration`, which Consul uses for `?wait=`, `?max_stale=`
-//! and prepared-query `DNS.TTL` (reference §2, §5.2).
+//! Go's `time.ParseDuration`, which Consul uses for `?wait=`, `?max_stale=`,
+//! prepared-query `DNS.TTL` (reference §2, §5.2) and check intervals, and
+//! Go's `Duration.String`, with which the agent writes check intervals
+//! into the catalog.
 
 use std::time::Duration;
 
@@ -92,6 +94,54 @@ pub fn parse_go_duration(s: &str) -> Result<GoDuration, String> {
     Ok(GoDuration(nanos as i64))
 }
 
+/// Formats `nanos` as Go's `time.Duration.String` does: `0s`, `1.5µs`,
+/// `300ms`, `10s`, `1m30s`, `1h0m0s`, `-2s`.
+pub fn format_go_duration(nanos: i64) -> String {
+    /// `fmtFrac`: the fraction of `v / 10^prec` without trailing zeros
+    /// (nothing at all for a zero fraction), and `v / 10^prec`.
+    fn frac(mut v: u64, prec: u32) -> (String, u64) {
+        let mut digits = Vec::new();
+        let mut print = false;
+        for _ in 0..prec {
+            let digit = v % 10;
+            print = print || digit != 0;
+            if print {
+                digits.push(char::from(b'0' + digit as u8));
+            }
+            v /= 10;
+        }
+        if !print {
+            return (String::new(), v);
+        }
+        digits.push('.');
+        (digits.into_iter().rev().collect(), v)
+    }
+    let neg = nanos < 0;
+    let u = nanos.unsigned_abs();
+    let mut out = if u < 1_000_000_000 {
+        let (unit, prec) = match u {
+            0 => return "0s".to_owned(),
+            1..=999 => ("ns", 0),
+            1_000..=999_999 => ("\u{b5}s", 3),
+            _ => ("ms", 6),
+        };
+        let (fraction, whole) = frac(u, prec);
+        format!("{whole}{fraction}{unit}")
+    } else {
+        let (fraction, seconds) = frac(u, 9);
+        let (minutes, hours) = (seconds / 60, seconds / 3600);
+        match (hours, minutes) {
+            (0, 0) => format!("{seconds}{fraction}s"),
+            (0, m) => format!("{m}m{}{fraction}s", seconds % 60),
+            (h, m) => format!("{h}h{}m{}{fraction}s", m % 60, seconds % 60),
+        }
+    };
+    if neg {
+        out.insert(0, '-');
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,6 +182,27 @@ mod tests {
             "9999999999h",
         ] {
             assert!(parse_go_duration(text).is_err(), "{text:?} should fail");
+        }
+    }
+
+    #[test]
+    fn formats_as_go_does() {
+        let cases = [
+            (0, "0s"),
+            (1, "1ns"),
+            (1_500, "1.5\u{b5}s"),
+            (300_000_000, "300ms"),
+            (1_500_000_000, "1.5s"),
+            (10_000_000_000, "10s"),
+            (60_000_000_000, "1m0s"),
+            (90_000_000_000, "1m30s"),
+            (3_600_000_000_000, "1h0m0s"),
+            (3_661_500_000_000, "1h1m1.5s"),
+            (-2_000_000_000, "-2s"),
+            (i64::MIN, "-2562047h47m16.854775808s"),
+        ];
+        for (nanos, text) in cases {
+            assert_eq!(format_go_duration(nanos), text, "{nanos}");
         }
     }
 }

@@ -32,6 +32,8 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
+use crate::agent::Agent;
+use crate::definition::decode_service_definition;
 use crate::duration::parse_go_duration;
 use crate::model::{
     CRITICAL, CheckServiceNode, Coordinate, DeregisterRequest, PASSING, PreparedQuery,
@@ -764,9 +766,17 @@ async fn consul_api(sim: &Sim, req: &Req) -> Reply {
     let get = [Method::GET];
     let put = [Method::PUT];
     let allowed: &[Method] = match path {
-        "/v1/catalog/register" | "/v1/catalog/deregister" | "/v1/coordinate/update" => &put,
+        "/v1/catalog/register"
+        | "/v1/catalog/deregister"
+        | "/v1/coordinate/update"
+        | "/v1/agent/service/register" => &put,
         "/v1/query" => &[Method::GET, Method::POST],
         p if p.starts_with("/v1/agent/check/") => &put,
+        p if p.starts_with("/v1/agent/service/deregister/")
+            || p.starts_with("/v1/agent/service/maintenance/") =>
+        {
+            &put
+        }
         p if p.starts_with("/v1/query/")
             && !p.ends_with("/execute")
             && !p.ends_with("/explain") =>
@@ -794,6 +804,8 @@ async fn consul_api(sim: &Sim, req: &Req) -> Reply {
         "/v1/coordinate/nodes" => coordinate_nodes(sim, req).await,
         "/v1/coordinate/update" => coordinate_update(sim, req).await,
         "/v1/agent/self" => Ok(agent_self(sim, req)),
+        "/v1/agent/service/register" => agent_service_register(sim, req).await,
+        "/v1/agent/services" => agent_services(req),
         "/v1/status/leader" => status(sim, req, true),
         "/v1/status/peers" => status(sim, req, false),
         "/v1/query" if req.method == Method::POST => query_create(sim, req).await,
@@ -805,6 +817,13 @@ async fn consul_api(sim: &Sim, req: &Req) -> Reply {
                 catalog_service(sim, req, name).await
             } else if let Some(rest) = p.strip_prefix("/v1/agent/check/") {
                 agent_check(req, rest)
+            } else if let Some(id) = p.strip_prefix("/v1/agent/service/deregister/") {
+                agent_service_deregister(sim, req, &percent_decode(id)).await
+            } else if p.starts_with("/v1/agent/service/maintenance/") {
+                // Service maintenance mode is not simulated.
+                Ok(not_found())
+            } else if let Some(id) = p.strip_prefix("/v1/agent/service/") {
+                agent_service(req, &percent_decode(id)).await
             } else if let Some(rest) = p.strip_prefix("/v1/query/") {
                 query_item(sim, req, rest).await
             } else {
@@ -826,6 +845,8 @@ fn known_path(path: &str) -> bool {
         "/v1/coordinate/nodes",
         "/v1/coordinate/update",
         "/v1/agent/self",
+        "/v1/agent/service/register",
+        "/v1/agent/services",
         "/v1/status/leader",
         "/v1/status/peers",
         "/v1/query",
@@ -834,6 +855,7 @@ fn known_path(path: &str) -> bool {
         "/v1/health/service/",
         "/v1/catalog/service/",
         "/v1/agent/check/",
+        "/v1/agent/service/",
         "/v1/query/",
     ];
     EXACT.contains(&path) || PREFIX.iter().any(|p| path.starts_with(p))
@@ -1176,8 +1198,14 @@ fn agent_check(req: &Req, rest: &str) -> Result<Reply, Reply> {
         _ => return Err(not_found()),
     };
     // Simulator extension: `?node=` picks one node when several carry the
-    // same check ID; without it every such check is updated.
+    // same check ID; without it every such check is updated. A check of
+    // this listener's own agent goes to the agent, as in Consul.
     let node = Some(req.params.get("node")).filter(|n| !n.is_empty());
+    if let Some(result) = Agent::update_ttl(&req.listener, node, check_id, &status, &output) {
+        return result
+            .map(|()| Reply::empty())
+            .map_err(|(status, text)| Reply::text(status, text));
+    }
     let matched = req
         .listener
         .agent_check_update(node, check_id, &status, Some(&output));
@@ -1190,6 +1218,112 @@ fn agent_check(req: &Req, rest: &str) -> Result<Reply, Reply> {
         ));
     }
     Ok(Reply::empty())
+}
+
+//------------ Agent services ---------------------------------------------------
+
+/// Decodes `%XX` escapes, as Go's server does before routing (`URL.Path`);
+/// a malformed escape is kept as written.
+fn percent_decode(raw: &str) -> String {
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| char::from(b).to_digit(16);
+        if bytes[i] == b'%'
+            && let (Some(hi), Some(lo)) = (
+                bytes.get(i + 1).and_then(|b| hex(*b)),
+                bytes.get(i + 2).and_then(|b| hex(*b)),
+            )
+        {
+            out.push((hi * 16 + lo) as u8);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `PUT /v1/agent/service/register` (`AgentRegisterService`): 200 with an
+/// empty body once the agent has the service and has synced it to its
+/// datacenter's catalog. Without a leader the sync waits up to the RPC
+/// hold timeout, then the answer is still 200 (Consul only logs the failed
+/// sync) and the catalog gets the service when a leader is back.
+async fn agent_service_register(sim: &Sim, req: &Req) -> Result<Reply, Reply> {
+    let def = decode_service_definition(&req.body)
+        .map_err(|e| Reply::text(400, format!("Request decode failed: {e}")))?;
+    let replace = req.params.has("replace-existing-checks")
+        && matches!(req.params.get("replace-existing-checks"), "" | "true");
+    Agent::register(&req.listener, &def, replace)
+        .map_err(|(status, text)| Reply::text(status, text))?;
+    if req.listener.leaderless_for().is_some() {
+        sim.await_leader(&req.listener).await;
+    }
+    Ok(Reply::empty())
+}
+
+/// `PUT /v1/agent/service/deregister/<id>` (`AgentDeregisterService`).
+async fn agent_service_deregister(sim: &Sim, req: &Req, id: &str) -> Result<Reply, Reply> {
+    req.listener
+        .agent
+        .deregister(&req.listener, id)
+        .map_err(|(status, text)| Reply::text(status, text))?;
+    if req.listener.leaderless_for().is_some() {
+        sim.await_leader(&req.listener).await;
+    }
+    Ok(Reply::empty())
+}
+
+/// `GET /v1/agent/services`: the agent's services by ID.
+fn agent_services(req: &Req) -> Result<Reply, Reply> {
+    reject_filter(req)?;
+    let services = req.listener.agent.services(&req.listener.name);
+    Ok(Reply::json(&services, req.pretty()))
+}
+
+/// `GET /v1/agent/service/<id>` (`AgentService`): the service with its
+/// `ContentHash` (also in `X-Consul-ContentHash`), or 404. With `?hash=`
+/// equal to the current hash the read blocks (`LocalBlockingQuery`) until
+/// the service changes or the wait (300 s if unset or 0, at most 600 s,
+/// plus up to wait/16 jitter) is over.
+async fn agent_service(req: &Req, id: &str) -> Result<Reply, Reply> {
+    // `parseWait`.
+    let wait = match req.params.get("wait") {
+        "" => None,
+        w => Some(parse_go_duration(w).map_err(|_| Reply::text(400, "Invalid wait time"))?),
+    };
+    let index = req.params.get("index");
+    if !index.is_empty() && index.parse::<u64>().is_err() {
+        return Err(Reply::text(400, "Invalid index"));
+    }
+    let hash = req.params.get("hash");
+    // A negative wait puts the deadline in the past: no blocking.
+    let deadline = (!hash.is_empty()).then(|| match wait {
+        Some(w) if w.0 < 0 => Instant::now(),
+        w => Instant::now() + blocking_timeout(w.and_then(|w| w.positive())),
+    });
+    let dc = &req.listener;
+    loop {
+        let (found, mut changes) = dc.agent.service(&dc.name, id);
+        let Some((current, view)) = found else {
+            return Err(Reply::text(404, format!("unknown service ID: {id}")));
+        };
+        let done = match deadline {
+            None => true,
+            Some(deadline) => current != hash || Instant::now() >= deadline,
+        };
+        if done {
+            return Ok(Reply::json(&view, req.pretty()).header("x-consul-contenthash", current));
+        }
+        if let Some(deadline) = deadline {
+            tokio::select! {
+                _ = changes.changed() => {}
+                _ = tokio::time::sleep_until(deadline) => {}
+            }
+        }
+    }
 }
 
 //------------ Prepared queries -------------------------------------------------

@@ -13,6 +13,10 @@
 //! - [`store`]: one datacenter's catalog and its Raft/table indexes.
 //! - [`query`]: prepared-query validation, templates, filters, failover list.
 //! - [`sim`]: the federation, fault injection and the library API.
+//! - `agent`: each listener's agent: services registered through
+//!   `/v1/agent/service/register`, synced to the catalog, their checks run.
+//! - `definition`: that endpoint's body, decoded and validated as Consul does.
+//! - `checks`: the HTTP and TCP checks the agent runs.
 //! - `http`: the listeners (HTTP/1.1; HTTPS with HTTP/2; the per-client
 //!   connection limit), Consul's endpoints and the `/_sim/` API.
 //! - `tls`: the simulator's CA and server certificate.
@@ -26,6 +30,9 @@
 //! # Ok(()) }
 //! ```
 
+mod agent;
+mod checks;
+mod definition;
 pub mod duration;
 mod http;
 pub mod model;
@@ -34,6 +41,10 @@ pub mod sim;
 pub mod store;
 mod tls;
 
+pub use agent::{
+    CHECK_UPDATE_INTERVAL, DEFAULT_CHECK_DEREGISTER_INTERVAL_MIN, DEFAULT_CHECK_REAP_INTERVAL,
+};
+pub use checks::{DEFAULT_CHECK_OUTPUT_MAX_SIZE, DEFAULT_CHECK_TIMEOUT, MIN_CHECK_INTERVAL};
 pub use http::{
     DEFAULT_QUERY_TIME, H2_MAX_CONCURRENT_STREAMS, JITTER_FRACTION, MAX_QUERY_TIME,
     TOO_MANY_CONNS_BODY, blocking_timeout,

@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::agent::{Agent, DEFAULT_CHECK_DEREGISTER_INTERVAL_MIN, DEFAULT_CHECK_REAP_INTERVAL};
 use crate::http::ClientConnections;
 use crate::model::{
     CheckInput, CheckServiceNode, Coordinate, DeregisterRequest, ExecuteResponse, PASSING,
@@ -160,6 +161,8 @@ pub(crate) struct Datacenter {
     fault_changes: watch::Sender<u64>,
     requests: Mutex<VecDeque<RecordedRequest>>,
     seen_cache_keys: Mutex<std::collections::HashSet<String>>,
+    /// The agent answering this listener: its local services and checks.
+    pub(crate) agent: Agent,
 }
 
 /// What a blocking read waits on: one service's changes, or any change.
@@ -324,6 +327,8 @@ pub struct SimBuilder {
     translate_wan_addrs: bool,
     tls: bool,
     max_conns_per_client: Option<usize>,
+    check_reap_interval: Option<Duration>,
+    check_deregister_interval_min: Option<Duration>,
 }
 
 /// Default spacing of datacenters on the WAN coordinate line: 10 ms.
@@ -376,6 +381,23 @@ impl SimBuilder {
         self
     }
 
+    /// Sets the agents' `check_reap_interval`: how often each looks for
+    /// services whose check has been critical past its
+    /// `DeregisterCriticalServiceAfter` ([`DEFAULT_CHECK_REAP_INTERVAL`],
+    /// 30 s, unless set).
+    pub fn check_reap_interval(mut self, interval: Duration) -> Self {
+        self.check_reap_interval = Some(interval);
+        self
+    }
+
+    /// Sets the agents' `check_deregister_interval_min`: shorter
+    /// `DeregisterCriticalServiceAfter` values are raised to it
+    /// ([`DEFAULT_CHECK_DEREGISTER_INTERVAL_MIN`], 1 min, unless set).
+    pub fn check_deregister_interval_min(mut self, min: Duration) -> Self {
+        self.check_deregister_interval_min = Some(min);
+        self
+    }
+
     /// Registrations applied at start, each in its `Datacenter` (the first
     /// datacenter if unset).
     pub fn seed(mut self, seed: Vec<RegisterRequest>) -> Self {
@@ -405,7 +427,13 @@ impl SimBuilder {
             let max_conns = self
                 .max_conns_per_client
                 .unwrap_or(DEFAULT_HTTP_MAX_CONNS_PER_CLIENT);
-            dcs.push(Arc::new(new_datacenter(spec, addr, max_conns)));
+            let agent = Agent::new(
+                self.check_reap_interval
+                    .unwrap_or(DEFAULT_CHECK_REAP_INTERVAL),
+                self.check_deregister_interval_min
+                    .unwrap_or(DEFAULT_CHECK_DEREGISTER_INTERVAL_MIN),
+            );
+            dcs.push(Arc::new(new_datacenter(spec, addr, max_conns, agent)));
         }
         let tls = if self.tls {
             let names: Vec<String> = dcs.iter().map(|d| d.name.clone()).collect();
@@ -436,6 +464,9 @@ impl SimBuilder {
             sim.register(&dc, reg)
                 .map_err(|e| format!("seed entry {i} (datacenter {dc}): {e}"))?;
         }
+        for dc in &sim.inner.dcs {
+            Agent::start_reaper(dc);
+        }
         for (dc, listener) in sim.inner.dcs.iter().zip(bound) {
             sim.open_listener(&dc.name, Some(listener)).await?;
         }
@@ -443,7 +474,12 @@ impl SimBuilder {
     }
 }
 
-fn new_datacenter(spec: &DcSpec, addr: SocketAddr, max_conns_per_client: usize) -> Datacenter {
+fn new_datacenter(
+    spec: &DcSpec,
+    addr: SocketAddr,
+    max_conns_per_client: usize,
+    agent: Agent,
+) -> Datacenter {
     Datacenter {
         name: spec.name.clone(),
         server_node: format!("{}-server-1", spec.name),
@@ -467,6 +503,19 @@ fn new_datacenter(spec: &DcSpec, addr: SocketAddr, max_conns_per_client: usize) 
         fault_changes: watch::channel(0).0,
         requests: Mutex::new(VecDeque::new()),
         seen_cache_keys: Mutex::new(Default::default()),
+        agent,
+    }
+}
+
+/// The node part of the catalog registrations a datacenter's agent sends
+/// when it syncs (`syncService`/`syncCheck`): its node ID, name, address,
+/// tagged addresses and meta, with `SkipNodeUpdate` (the node is in sync).
+pub(crate) fn agent_node_registration(dc: &Datacenter) -> RegisterRequest {
+    RegisterRequest {
+        service: None,
+        checks: None,
+        skip_node_update: true,
+        ..server_registration(dc)
     }
 }
 
@@ -860,7 +909,8 @@ impl Sim {
         true
     }
 
-    /// Elects a leader again and applies the check updates agents queued.
+    /// Elects a leader again, applies the check updates agents queued, and
+    /// lets the agent sync what it could not sync without a leader.
     pub fn regain_leader(&self, dc: &str) {
         let Some(d) = self.dc(dc) else { return };
         *lock(&d.leader_lost_at) = None;
@@ -876,6 +926,7 @@ impl Sim {
                 )
             });
         }
+        d.agent.sync(d);
     }
 
     /// A copy of `dc`'s state.
