@@ -19,6 +19,7 @@ use crate::health::{HealthLookup, HealthView, ServiceKey};
 use crate::metrics::Metrics;
 use crate::monitor::{Events, Monitor};
 use crate::prepared::{Definition, PreparedQueries, Settings, uses_peers};
+use crate::register::Registration;
 use crate::resolve::Resolver;
 
 /// How often the datacenter list (RTT order) is refreshed.
@@ -45,6 +46,8 @@ pub struct Running {
     listeners: dns::Listeners,
     shutdown: CancellationToken,
     reloader: Arc<Reloader>,
+    /// The `[register]` task: it deregisters when shutdown comes.
+    registration: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// What a configuration reload replaces while the server runs.
@@ -138,6 +141,7 @@ fn restart_keys(old: &Config, new: &Config) -> Vec<&'static str> {
             old.queries.prepared != new.queries.prepared,
         ),
         ("admin.listen", old.admin.listen != new.admin.listen),
+        ("register", old.register != new.register),
         ("log.format", old.log.format != new.log.format),
     ]
     .into_iter()
@@ -210,6 +214,11 @@ impl Running {
     /// Serves until `shutdown` is cancelled, then stops every task.
     pub async fn wait(mut self) -> anyhow::Result<()> {
         self.shutdown.cancelled().await;
+        // DNS keeps answering while the agent is told (within
+        // consul.timeout).
+        if let Some(registration) = self.registration.take() {
+            let _ = registration.await;
+        }
         self.listeners.stop_fast_path();
         self.listeners.server.shutdown_token().cancel();
         self.listeners
@@ -343,6 +352,14 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         metrics: metrics.clone(),
         config: std::sync::Mutex::new(config.clone()),
     });
+    let registration = match (&config.register, admin) {
+        (Some(register), Some(address)) => Some(tokio::spawn(crate::register::run(
+            Arc::clone(&client),
+            Registration::new(register, address),
+            shutdown.clone(),
+        ))),
+        _ => None,
+    };
     tokio::spawn(connect(Connect {
         client,
         view: Arc::clone(&view),
@@ -362,6 +379,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         listeners,
         shutdown,
         reloader,
+        registration,
     })
 }
 

@@ -344,6 +344,62 @@ impl Default for AdminConfig {
     }
 }
 
+/// `[register]`: the resolver's own service in the local Consul agent,
+/// so Prometheus finds its metrics through `consul_sd_configs`. Present
+/// (even empty) turns registration on.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegisterConfig {
+    /// The service name.
+    pub name: String,
+    /// The service ID, unique on the agent; empty: the name.
+    pub id: String,
+    /// The service tags.
+    pub tags: Vec<String>,
+    /// The service address; empty: `admin.listen`'s IP when it is a
+    /// specific one, else the agent's node address.
+    pub address: String,
+    /// Service metadata.
+    pub meta: BTreeMap<String, String>,
+    /// How often the agent checks `/health`; also how often the resolver
+    /// makes sure the agent still has the registration.
+    #[serde(with = "duration")]
+    pub check_interval: Duration,
+    /// How long the agent waits for `/health`.
+    #[serde(with = "duration")]
+    pub check_timeout: Duration,
+    /// Consul removes the service after its check stayed critical this
+    /// long (at least 1m); 0s: never.
+    #[serde(with = "duration")]
+    pub deregister_critical_after: Duration,
+}
+
+impl Default for RegisterConfig {
+    fn default() -> Self {
+        Self {
+            name: "consul-failover-dns".to_owned(),
+            id: String::new(),
+            tags: vec!["metrics".to_owned()],
+            address: String::new(),
+            meta: BTreeMap::new(),
+            check_interval: Duration::from_secs(10),
+            check_timeout: Duration::from_secs(5),
+            deregister_critical_after: Duration::ZERO,
+        }
+    }
+}
+
+impl RegisterConfig {
+    /// The service ID: `id`, else the name.
+    pub fn service_id(&self) -> &str {
+        if self.id.is_empty() {
+            &self.name
+        } else {
+            &self.id
+        }
+    }
+}
+
 /// Log output format.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -377,6 +433,9 @@ pub struct Config {
     pub query: Vec<QueryConfig>,
     /// `[admin]`.
     pub admin: AdminConfig,
+    /// `[register]`; absent: no registration.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub register: Option<RegisterConfig>,
     /// `[log]`.
     pub log: LogConfig,
 }
@@ -629,6 +688,10 @@ impl Config {
                 format!("{:?} is not IP:PORT (or \"\" for off)", self.admin.listen),
             ));
         }
+        if let Some(register) = &self.register {
+            check_register(register, &self.admin.listen)
+                .map_err(|(key, m)| invalid(&format!("register.{key}"), m))?;
+        }
         check_policy(
             &self.queries.defaults.failover,
             self.queries.defaults.min_healthy,
@@ -659,6 +722,78 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// `[register]` against what Consul accepts (its agent's validation,
+/// `AgentRegisterService`), so a mistake is named at start-up rather than
+/// in a 400 from the agent.
+fn check_register(register: &RegisterConfig, admin: &str) -> Result<(), (&'static str, String)> {
+    if admin.is_empty() {
+        return Err((
+            "name",
+            "[register] needs the admin listener (its /health is the check, its /metrics what Prometheus scrapes); set admin.listen or remove [register]".into(),
+        ));
+    }
+    if register.name.is_empty() {
+        return Err(("name", "is empty, e.g. \"consul-failover-dns\"".into()));
+    }
+    if !register.address.is_empty() {
+        match register.address.parse::<std::net::IpAddr>() {
+            Ok(ip) if ip.is_unspecified() => {
+                return Err((
+                    "address",
+                    format!(
+                        "{:?} is not an address Consul accepts; leave it \"\" for the agent's node address",
+                        register.address
+                    ),
+                ));
+            }
+            Ok(_) => {}
+            Err(_) if check_domain(&register.address).is_ok() => {}
+            Err(_) => {
+                return Err((
+                    "address",
+                    format!(
+                        "{:?} is neither an IP address nor a host name",
+                        register.address
+                    ),
+                ));
+            }
+        }
+    }
+    for key in register.meta.keys() {
+        let valid = !key.is_empty()
+            && key.len() <= 128
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !valid || key.starts_with("consul-") {
+            return Err((
+                "meta",
+                format!(
+                    "{key:?}: Consul takes keys of up to 128 letters, digits, '_' and '-', not starting with \"consul-\""
+                ),
+            ));
+        }
+    }
+    if register.check_interval < Duration::from_secs(1) {
+        return Err((
+            "check_interval",
+            "must be at least 1s (Consul's minimum), e.g. \"10s\"".into(),
+        ));
+    }
+    if register.check_timeout.is_zero() {
+        return Err(("check_timeout", "must be above 0s, e.g. \"5s\"".into()));
+    }
+    if !register.deregister_critical_after.is_zero()
+        && register.deregister_critical_after < Duration::from_secs(60)
+    {
+        return Err((
+            "deregister_critical_after",
+            "must be 0s (never) or at least 1m (Consul raises anything shorter to 1m)".into(),
+        ));
+    }
+    Ok(())
 }
 
 fn check_domain(domain: &str) -> Result<(), String> {
@@ -724,6 +859,12 @@ fn check_policy(failover: &Failover, min_healthy: usize) -> Result<(), (&'static
 /// `"1h30m"`), as Consul's Go durations mostly are.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     duration::parse(text)
+}
+
+/// Writes a duration as the configuration does (`"10s"`, `"1h30m"`), which
+/// Consul's Go durations read too.
+pub fn format_duration(value: Duration) -> String {
+    duration::format(value)
 }
 
 mod duration {
@@ -893,6 +1034,64 @@ mod tests {
         let again = parse(&c.to_toml()).unwrap();
         assert_eq!(c, again);
         assert!(c.to_toml().contains("wait = \"1m30s\""), "{}", c.to_toml());
+    }
+
+    #[test]
+    fn register_is_off_unless_its_table_is_there_and_is_checked() {
+        assert_eq!(parse("").unwrap().register, None);
+        let c = parse("[register]\n").unwrap();
+        let register = c.register.clone().expect("[register] turns it on");
+        assert_eq!(register, RegisterConfig::default());
+        assert_eq!(register.service_id(), "consul-failover-dns");
+        assert_eq!(register.tags, ["metrics"]);
+        assert_eq!(parse(&c.to_toml()).unwrap(), c, "{}", c.to_toml());
+        let cases = [
+            (
+                "[admin]\nlisten = \"\"\n[register]\n",
+                "register.name: [register] needs the admin listener",
+            ),
+            ("[register]\nname = \"\"\n", "register.name: is empty"),
+            (
+                "[register]\naddress = \"0.0.0.0\"\n",
+                "register.address: \"0.0.0.0\" is not an address Consul accepts",
+            ),
+            (
+                "[register]\naddress = \"not a host\"\n",
+                "register.address: \"not a host\" is neither",
+            ),
+            (
+                "[register]\nmeta = { \"consul-x\" = \"1\" }\n",
+                "register.meta: \"consul-x\"",
+            ),
+            (
+                "[register]\nmeta = { \"a.b\" = \"1\" }\n",
+                "register.meta: \"a.b\"",
+            ),
+            (
+                "[register]\ncheck_interval = \"500ms\"\n",
+                "register.check_interval: must be at least 1s",
+            ),
+            (
+                "[register]\ncheck_timeout = \"0s\"\n",
+                "register.check_timeout: must be above 0s",
+            ),
+            (
+                "[register]\nderegister_critical_after = \"30s\"\n",
+                "register.deregister_critical_after: must be 0s (never) or at least 1m",
+            ),
+            ("[register]\nport = 1\n", "unknown field `port`"),
+        ];
+        for (text, needle) in cases {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(
+                e.contains(needle),
+                "{text:?} gave {e:?}, expected {needle:?}"
+            );
+        }
+        let fine = parse(
+            "[register]\naddress = \"metrics.host1.example\"\nderegister_critical_after = \"10m\"\n",
+        );
+        assert!(fine.is_ok(), "{fine:?}");
     }
 
     #[test]

@@ -38,6 +38,7 @@ pub mod health;
 pub mod metrics;
 pub mod monitor;
 pub mod prepared;
+pub mod register;
 pub mod resolve;
 pub mod upstream;
 

@@ -465,6 +465,54 @@ impl ConsulClient {
         Ok((reply.index, list))
     }
 
+    /// Registers a service in the local agent
+    /// (`PUT /v1/agent/service/register`, `registration` the JSON body);
+    /// the agent syncs it to the catalog before it answers.
+    pub async fn register_service(&self, registration: &Bytes) -> Result<(), ConsulError> {
+        let url = build_url(&self.agent, &["v1", "agent", "service", "register"], &[]);
+        self.request(
+            &url,
+            connection::Call::Put(registration),
+            self.timeout,
+            true,
+            false,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Removes a service from the local agent
+    /// (`PUT /v1/agent/service/deregister/<id>`). An ID the agent does
+    /// not know is an error (404).
+    pub async fn deregister_service(&self, id: &str) -> Result<(), ConsulError> {
+        let url = build_url(
+            &self.agent,
+            &["v1", "agent", "service", "deregister", id],
+            &[],
+        );
+        let empty = Bytes::new();
+        self.request(
+            &url,
+            connection::Call::Put(&empty),
+            self.timeout,
+            true,
+            false,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Whether the local agent has the service `id` registered
+    /// (`GET /v1/agent/service/<id>`: 404 when it has not).
+    pub async fn agent_has_service(&self, id: &str) -> Result<bool, ConsulError> {
+        let url = build_url(&self.agent, &["v1", "agent", "service", id], &[]);
+        match self.send(&url, self.timeout, true, false).await {
+            Ok(_) => Ok(true),
+            Err(ConsulError::Status { status: 404, .. }) => Ok(false),
+            Err(error) => Err(error),
+        }
+    }
+
     /// Whether `dc`'s Consul answers within `timeout`: a non-blocking
     /// `GET /v1/status/leader?dc=<dc>` along the route its watches take.
     /// Any answer counts, a leaderless one too (stale reads still work).
@@ -634,10 +682,24 @@ impl ConsulClient {
         via_agent: bool,
         watch: bool,
     ) -> Result<Reply, ConsulError> {
+        self.request(url, connection::Call::Get, timeout, via_agent, watch)
+            .await
+    }
+
+    /// Sends `what` to `url` and reads the whole answer within `timeout`;
+    /// any status other than 2xx is an error.
+    async fn request(
+        &self,
+        url: &Url,
+        what: connection::Call<'_>,
+        timeout: Duration,
+        via_agent: bool,
+        watch: bool,
+    ) -> Result<Reply, ConsulError> {
         // Boxed: waiting for a place is rare, and the room for it would
         // otherwise be kept in every read's future.
         let lease = Box::pin(self.transport.lease(url, watch)).await;
-        let answer = lease.get(url, self.token.as_ref(), timeout).await?;
+        let answer = lease.send(url, what, self.token.as_ref(), timeout).await?;
         drop(lease);
         reply(answer, url, via_agent)
     }
@@ -1530,6 +1592,67 @@ mod tests {
         within(http1.catalog_services("dc1", 0)).await.unwrap();
         assert_eq!(sim.requests("dc1").pop().unwrap().version, "HTTP/1.1");
         assert_eq!(http1.agent_connections(), 1);
+    }
+
+    #[tokio::test]
+    async fn registers_and_deregisters_in_the_agent_over_http2_and_http1() {
+        let (sim, ca) = tls_sim(&["dc1"]).await;
+        let secret = "9a7e-register-token";
+        let config = ConsulConfig {
+            ca_file: ca.as_str().to_owned(),
+            ..testutil::config(&sim, "dc1").await
+        };
+        for http2 in [true, false] {
+            let client = ConsulClient::with_env(
+                &ConsulConfig {
+                    http2,
+                    ..config.clone()
+                },
+                env_of(&[("CONSUL_HTTP_TOKEN", secret)]),
+            )
+            .unwrap();
+            sim.clear_requests(None);
+            assert!(!within(client.agent_has_service("dns-1")).await.unwrap());
+            let body = Bytes::from_static(
+                br#"{"ID":"dns-1","Name":"dns","Tags":["metrics"],"Port":8653}"#,
+            );
+            within(client.register_service(&body)).await.unwrap();
+            assert!(within(client.agent_has_service("dns-1")).await.unwrap());
+            let listed = sim.service_health("dc1", "dns");
+            assert_eq!(listed.len(), 1, "{listed:?}");
+            assert_eq!(listed[0].service.port, 8653);
+            assert_eq!(listed[0].service.tags, ["metrics"]);
+            within(client.deregister_service("dns-1")).await.unwrap();
+            assert!(sim.service_health("dc1", "dns").is_empty());
+            // Consul's 404 for an ID it does not know, and its 400s, are
+            // errors with the agent's text.
+            let gone = within(client.deregister_service("dns-1"))
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(&gone, ConsulError::Status { status: 404, body, .. } if body.contains("Unknown service ID")),
+                "{gone}"
+            );
+            let bad = within(client.register_service(&Bytes::from_static(b"{}")))
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(&bad, ConsulError::Status { status: 400, body, .. } if body.contains("Missing service name")),
+                "{bad}"
+            );
+            let writes: Vec<_> = sim
+                .requests("dc1")
+                .into_iter()
+                .filter(|r| r.path.starts_with("/v1/agent/service/"))
+                .collect();
+            assert_eq!(writes.len(), 6, "{writes:?}");
+            let version = if http2 { "HTTP/2.0" } else { "HTTP/1.1" };
+            for request in &writes {
+                assert_eq!(request.version, version, "{request:?}");
+                assert_eq!(request.header("x-consul-token"), Some(secret));
+            }
+            assert_eq!(writes[1].method, "PUT", "{:?}", writes[1]);
+        }
     }
 
     #[tokio::test]

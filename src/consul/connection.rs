@@ -24,10 +24,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::client::conn::http1;
 use hyper::header::{HOST, HeaderMap, HeaderValue, USER_AGENT};
-use hyper::{Request, StatusCode, Uri, Version};
+use hyper::{Method, Request, StatusCode, Uri, Version};
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
@@ -75,11 +75,39 @@ impl Connector {
     }
 }
 
+/// What a request sends: the reads are GETs; a PUT carries a JSON body
+/// (the agent's service registration).
+#[derive(Clone, Copy, Debug)]
+pub enum Call<'a> {
+    /// `GET`, no body.
+    Get,
+    /// `PUT` with this body.
+    Put(&'a Bytes),
+}
+
+impl Call<'_> {
+    /// The HTTP method.
+    fn method(self) -> Method {
+        match self {
+            Self::Get => Method::GET,
+            Self::Put(_) => Method::PUT,
+        }
+    }
+
+    /// The body, if any.
+    fn body(self) -> Option<Bytes> {
+        match self {
+            Self::Get => None,
+            Self::Put(body) => Some(body.clone()),
+        }
+    }
+}
+
 /// The sending half of an open connection.
 #[derive(Clone)]
 enum Sender {
     /// HTTP/1.1: one request at a time.
-    Http1(Arc<tokio::sync::Mutex<http1::SendRequest<Empty<Bytes>>>>),
+    Http1(Arc<tokio::sync::Mutex<http1::SendRequest<Full<Bytes>>>>),
     /// HTTP/2: many at once.
     Http2 {
         /// Opens streams.
@@ -137,12 +165,13 @@ impl Connection {
         }
     }
 
-    /// Sends `GET url` with the token and reads the answer, all within
-    /// `timeout`.
-    pub async fn get(
+    /// Sends `what` to `url` with the token and reads the answer, all
+    /// within `timeout`.
+    pub async fn send(
         &self,
         connector: &Connector,
         url: &Url,
+        what: Call<'_>,
         token: Option<&HeaderValue>,
         timeout: Duration,
     ) -> Result<Answer, ConsulError> {
@@ -161,7 +190,7 @@ impl Connection {
                 reused &= !fresh;
                 // The outcome is taken apart before the next await, so the
                 // future keeps no room for it there.
-                match exchange(&mut sender, url, token).await {
+                match exchange(&mut sender, url, what, token).await {
                     Ok(answer) => return Ok(answer),
                     Err(Failure::Unsent(error)) if reused => {
                         tracing::debug!(url = %shown_url(url), %error, "Consul connection closed; opening another");
@@ -189,10 +218,10 @@ impl Connection {
     /// without waiting for anything, and returns the future of the
     /// answer's head. `None` when that cannot be done at once (no open
     /// connection, its lock held, HTTP/1.1, the connection closing, no
-    /// stream free): then [`get`](Self::get) is the way.
+    /// stream free): then [`send`](Self::send) is the way.
     ///
     /// A blocking read then waits minutes holding only this future, not
-    /// the layers of `get`.
+    /// the layers of `send`.
     pub fn try_send(
         &self,
         url: &Url,
@@ -205,7 +234,7 @@ impl Connection {
         if !matches!(sender.poll_ready(&mut cx), std::task::Poll::Ready(Ok(()))) {
             return None;
         }
-        let request = h2_request(url, token).ok()?;
+        let request = h2_request(url, Method::GET, token).ok()?;
         sender
             .send_request(request, true)
             .ok()
@@ -271,22 +300,24 @@ impl Connection {
 async fn exchange(
     sender: &mut Sender,
     url: &Url,
+    what: Call<'_>,
     token: Option<&HeaderValue>,
 ) -> Result<Answer, Failure> {
     match sender {
-        Sender::Http2 { sender, .. } => exchange_h2(sender, url, token).await,
+        Sender::Http2 { sender, .. } => exchange_h2(sender, url, what, token).await,
         // Boxed: HTTP/1.1 reads are at most one per connection, while
         // the HTTP/2 ones sized inline are hundreds per connection.
-        Sender::Http1(sender) => Box::pin(exchange_h1(sender, url, token)).await,
+        Sender::Http1(sender) => Box::pin(exchange_h1(sender, url, what, token)).await,
     }
 }
 
-/// One GET on an HTTP/2 connection: the request head ends the stream,
-/// the answer's body is read as it arrives, its flow-control capacity
-/// given back at once.
+/// One request on an HTTP/2 connection: a GET's head ends the stream, a
+/// PUT's body follows it; the answer's body is read as it arrives, its
+/// flow-control capacity given back at once.
 async fn exchange_h2(
     sender: &mut h2::client::SendRequest<Bytes>,
     url: &Url,
+    what: Call<'_>,
     token: Option<&HeaderValue>,
 ) -> Result<Answer, Failure> {
     // Errors before the stream opens: the connection is gone, nothing
@@ -294,20 +325,33 @@ async fn exchange_h2(
     std::future::poll_fn(|cx| sender.poll_ready(cx))
         .await
         .map_err(|e| Failure::Unsent(transport(url, &e)))?;
-    let request = h2_request(url, token)?;
-    let (response, _) = sender
-        .send_request(request, true)
+    let request = h2_request(url, what.method(), token)?;
+    let body = what.body();
+    let (response, mut stream) = sender
+        .send_request(request, body.is_none())
         .map_err(|e| Failure::Unsent(transport(url, &e)))?;
+    if let Some(body) = body {
+        // Small (a registration): within the stream's initial window.
+        stream
+            .send_data(body, true)
+            .map_err(|e| h2_failure(url, &e))?;
+    }
     let response = response.await.map_err(|e| h2_failure(url, &e))?;
     // Boxed: the body's state is alive for an instant, the wait for the
     // head above for minutes.
     Box::pin(read_h2_body(response, url)).await
 }
 
-/// The head of a GET of `url` on HTTP/2, with the token.
-fn h2_request(url: &Url, token: Option<&HeaderValue>) -> Result<Request<()>, ConsulError> {
+/// The head of a request of `url` on HTTP/2, with the token.
+fn h2_request(
+    url: &Url,
+    method: Method,
+    token: Option<&HeaderValue>,
+) -> Result<Request<()>, ConsulError> {
     let uri: Uri = url.as_str().parse().map_err(|e| transport(url, &e))?;
-    let mut request = Request::get(uri)
+    let mut request = Request::builder()
+        .method(method)
+        .uri(uri)
         .version(Version::HTTP_2)
         .header(USER_AGENT, super::client::USER_AGENT);
     if let Some(token) = token {
@@ -371,17 +415,20 @@ pub(super) fn h2_failure(url: &Url, error: &h2::Error) -> Failure {
     }
 }
 
-/// One GET on an HTTP/1.1 connection (one request at a time).
+/// One request on an HTTP/1.1 connection (one at a time).
 async fn exchange_h1(
-    sender: &tokio::sync::Mutex<http1::SendRequest<Empty<Bytes>>>,
+    sender: &tokio::sync::Mutex<http1::SendRequest<Full<Bytes>>>,
     url: &Url,
+    what: Call<'_>,
     token: Option<&HeaderValue>,
 ) -> Result<Answer, Failure> {
     // The path and query; the host goes in Host.
     let uri: Uri = url[url::Position::BeforePath..]
         .parse()
         .map_err(|e| transport(url, &e))?;
-    let mut request = Request::get(uri)
+    let mut request = Request::builder()
+        .method(what.method())
+        .uri(uri)
         .header(USER_AGENT, super::client::USER_AGENT)
         .header(
             HOST,
@@ -390,7 +437,9 @@ async fn exchange_h1(
     if let Some(token) = token {
         request = request.header(TOKEN_HEADER, token.clone());
     }
-    let request = request.body(Empty::new()).map_err(|e| transport(url, &e))?;
+    let request = request
+        .body(Full::new(what.body().unwrap_or_default()))
+        .map_err(|e| transport(url, &e))?;
     let response = {
         let mut sender = sender.lock().await;
         match sender.ready().await {
@@ -615,11 +664,13 @@ mod tests {
         let (mut sender, server) = http2_pair().await;
         tokio::spawn(answer_with(server, body.clone(), 16 << 10));
         let url = Url::parse("http://127.0.0.1:8500/v1/x").unwrap();
-        let answer =
-            tokio::time::timeout(Duration::from_secs(20), exchange(&mut sender, &url, None))
-                .await
-                .expect("the answer stalled")
-                .unwrap_or_else(|_| panic!("the exchange failed"));
+        let answer = tokio::time::timeout(
+            Duration::from_secs(20),
+            exchange(&mut sender, &url, Call::Get, None),
+        )
+        .await
+        .expect("the answer stalled")
+        .unwrap_or_else(|_| panic!("the exchange failed"));
         assert_eq!(answer.status, StatusCode::OK);
         assert_eq!(answer.headers["x-consul-index"], "7");
         assert_eq!(answer.body.len(), body.len());
@@ -632,7 +683,7 @@ mod tests {
             let (mut sender, server) = http2_pair().await;
             tokio::spawn(answer_with(server, body.clone(), 16 << 10));
             let url = Url::parse("http://127.0.0.1:8500/v1/x").unwrap();
-            let answer = exchange(&mut sender, &url, None)
+            let answer = exchange(&mut sender, &url, Call::Get, None)
                 .await
                 .unwrap_or_else(|_| panic!("the exchange failed"));
             assert_eq!(answer.body, body);

@@ -37,7 +37,7 @@ use url::Url;
 use hyper::header::HeaderValue;
 
 use super::ConsulError;
-use super::connection::{Answer, Connection, Connector};
+use super::connection::{self, Answer, Connection, Connector};
 
 /// Requests in flight on one HTTP/2 connection: under Go's default of 250
 /// concurrent streams, so a connection never queues requests itself, with
@@ -116,17 +116,19 @@ pub struct Lease<'a> {
 }
 
 impl Lease<'_> {
-    /// Sends `GET url` on the leased connection (see [`Connection::get`]);
-    /// the connection's own future, no layer of its own around it.
-    pub fn get<'a>(
+    /// Sends `what` to `url` on the leased connection (see
+    /// [`Connection::send`]); the connection's own future, no layer of its
+    /// own around it.
+    pub fn send<'a>(
         &'a self,
         url: &'a Url,
+        what: connection::Call<'a>,
         token: Option<&'a HeaderValue>,
         timeout: Duration,
     ) -> impl Future<Output = Result<Answer, ConsulError>> + Send + 'a {
         self.lane
             .connection
-            .get(&self.transport.connector, url, token, timeout)
+            .send(&self.transport.connector, url, what, token, timeout)
     }
 }
 

@@ -22,6 +22,7 @@
 //! | `chaos` | random Consul faults under a steady query stream (`CHAOS_SECS`, `CHAOS_SEED`) | 80 |
 //! | `reload` | SIGHUP reloads (good and bad files), SIGTERM | 81–84 |
 //! | `observe` | metrics (promtool), `/v1/explain`, `explain`, `/v1/events` across a failover | 150–151 |
+//! | `register` | `[register]`: the resolver's own service and `/health` check in its agent; found and scraped the way the shipped consul_sd recipe does | 152–154 |
 //! | `recipes` | `config/` recipes: unbound (forward and stub zone), `named`, `dnsmasq` run as shipped through a failover; resolved, CoreDNS, Prometheus, Grafana files checked | 100–103 |
 //!
 //! Run `cargo test --test resolver -- --nocapture` to see the failover
@@ -40,6 +41,7 @@ mod harness;
 mod observe;
 mod prepared;
 mod recipes;
+mod register;
 mod reload;
 mod upstream;
 mod wire;

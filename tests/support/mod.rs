@@ -53,8 +53,7 @@ pub fn wait_answering(child: &mut Child, addr: SocketAddr, name: &str, served: b
 }
 
 /// How to install every program these tests talk to.
-pub const INSTALL_HINT: &str =
-    "apt-get install -y bind9-dnsutils bind9 bind9-utils unbound dnsmasq-base knot dnsperf curl";
+pub const INSTALL_HINT: &str = "apt-get install -y bind9-dnsutils bind9 bind9-utils unbound dnsmasq-base knot dnsperf curl prometheus";
 
 /// The Debian package that ships program `name`, for the message of a
 /// missing one.
@@ -70,6 +69,7 @@ fn package_of(name: &str) -> &'static str {
         "curl" => "curl",
         "getent" => "libc-bin",
         "unshare" => "util-linux",
+        "prometheus" | "promtool" => "prometheus",
         _ => "(see INSTALL_HINT)",
     }
 }
