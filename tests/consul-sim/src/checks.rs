@@ -332,22 +332,22 @@ async fn read_line(reader: &mut Reader, budget: &mut usize) -> std::io::Result<O
     Ok(Some(String::from_utf8_lossy(&line).into_owned()))
 }
 
+/// `local->peer` of a connection, as Go's `net.OpError` writes it.
+fn endpoints(stream: &TcpStream) -> String {
+    let shown = |a: std::io::Result<SocketAddr>| a.map(|a| a.to_string()).unwrap_or_default();
+    format!(
+        "{}->{}",
+        shown(stream.local_addr()),
+        shown(stream.peer_addr())
+    )
+}
+
 /// Go's text for a read error on an established connection.
 fn read_error(e: &std::io::Error, stream: &TcpStream) -> String {
     match e.kind() {
         std::io::ErrorKind::UnexpectedEof => "unexpected EOF".into(),
         std::io::ErrorKind::Other => e.to_string(),
-        _ => {
-            let local = stream
-                .local_addr()
-                .map(|a| a.to_string())
-                .unwrap_or_default();
-            let peer = stream
-                .peer_addr()
-                .map(|a| a.to_string())
-                .unwrap_or_default();
-            format!("read tcp {local}->{peer}: read: {}", errno_text(e))
-        }
+        _ => format!("read tcp {}: read: {}", endpoints(stream), errno_text(e)),
     }
 }
 
@@ -537,17 +537,9 @@ impl HttpProbe {
                 request.push_str(&body);
                 let mut reader = BufReader::new(stream);
                 if let Err(e) = reader.get_mut().write_all(request.as_bytes()).await {
-                    let stream = reader.get_ref();
-                    let local = stream
-                        .local_addr()
-                        .map(|a| a.to_string())
-                        .unwrap_or_default();
-                    let peer = stream
-                        .peer_addr()
-                        .map(|a| a.to_string())
-                        .unwrap_or_default();
                     return Err(Some(format!(
-                        "write tcp {local}->{peer}: write: {}",
+                        "write tcp {}: write: {}",
+                        endpoints(reader.get_ref()),
                         errno_text(&e)
                     )));
                 }
