@@ -13,12 +13,12 @@ use hickory_proto::op::{
 };
 use hickory_proto::rr::rdata::opt::{EdnsCode, EdnsOption};
 use hickory_proto::rr::{Record, RecordType};
-use hickory_proto::serialize::binary::{BinEncodable, BinEncoder, NameEncoding};
+use hickory_proto::serialize::binary::{BinDecoder, BinEncodable, BinEncoder, NameEncoding};
 use hickory_server::Server;
 use hickory_server::net::runtime::Time;
 use hickory_server::net::xfer::Protocol;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
-use hickory_server::zone_handler::MessageResponseBuilder;
+use hickory_server::zone_handler::{MessageResponseBuilder, Queries};
 use tokio::net::{TcpListener, UdpSocket};
 
 use crate::health::{HealthLookup, HealthView, ServiceKey};
@@ -407,6 +407,10 @@ pub(crate) enum Prepared {
         code: ResponseCode,
         /// Our OPT record, if the request had one.
         edns: Option<Edns>,
+        /// Whether the question goes back as it came (not when its bytes
+        /// hold a compression pointer: in the reply it would point into
+        /// a different header).
+        echo: bool,
     },
     /// An answer of ours or a relayed one.
     Answer(Box<Response>),
@@ -435,11 +439,17 @@ impl DnsHandler {
     fn check(&self, request: &Request, settings: &WireSettings) -> Result<Question, Prepared> {
         // RFC 6891 §6.1.1: answer an OPT with an OPT advertising our size.
         let edns = our_edns(request, settings);
+        // A question is the message's first name: nothing before it to
+        // point to but the header. Not a query anyone sends, and not one
+        // to echo.
+        let echo = !compressed(request.queries.as_bytes());
         let code = if request.metadata.op_code != OpCode::Query {
             ResponseCode::NotImp
         } else if request.edns.as_ref().is_some_and(|e| e.version() > 0) {
             // RFC 6891 §6.1.3.
             ResponseCode::BADVERS
+        } else if !echo {
+            ResponseCode::FormErr
         } else {
             match request.request_info() {
                 Ok(info) => {
@@ -453,7 +463,7 @@ impl DnsHandler {
                 Err(_) => ResponseCode::FormErr,
             }
         };
-        Err(Prepared::Error { code, edns })
+        Err(Prepared::Error { code, edns, echo })
     }
 
     /// The response to a request, waiting for data or an upstream if the
@@ -604,24 +614,97 @@ fn our_edns(request: &Request, settings: &WireSettings) -> Option<Edns> {
     })
 }
 
+/// Whether question bytes hold a compression pointer (or a reserved
+/// label type).
+fn compressed(questions: &[u8]) -> bool {
+    let mut at = 0;
+    while let Some(&length) = questions.get(at) {
+        if length & 0xc0 != 0 {
+            return true;
+        }
+        // The end of a name: skip its type and class.
+        at += if length == 0 {
+            5
+        } else {
+            1 + usize::from(length)
+        };
+    }
+    false
+}
+
+/// An empty question section.
+fn no_question() -> Queries {
+    Queries::read(&mut BinDecoder::new(&[]), 0)
+        .unwrap_or_else(|_| unreachable!("nothing to decode"))
+}
+
+/// An error response to `request`, with the question it came with if
+/// `echo`, else none.
+fn error_response<'a>(
+    request: &'a Request,
+    code: ResponseCode,
+    edns: Option<&'a Edns>,
+    echo: bool,
+    none: &'a Queries,
+) -> hickory_server::zone_handler::MessageResponse<
+    'a,
+    'a,
+    impl Iterator<Item = &'a Record> + Send + 'a,
+    impl Iterator<Item = &'a Record> + Send + 'a,
+    impl Iterator<Item = &'a Record> + Send + 'a,
+    impl Iterator<Item = &'a Record> + Send + 'a,
+> {
+    let mut builder = if echo {
+        MessageResponseBuilder::from_message_request(request)
+    } else {
+        MessageResponseBuilder::new(none, None)
+    };
+    if let Some(e) = edns {
+        builder.edns(e);
+    }
+    builder.error_msg(&request.metadata, code)
+}
+
+/// The most a UDP response to `request` may hold: the client's EDNS
+/// payload within ours (`ours`, our OPT record), at least 512; 512
+/// without EDNS.
+fn udp_limit(request: &Request, ours: Option<&Edns>) -> u16 {
+    match (&request.edns, ours) {
+        (Some(theirs), Some(ours)) => theirs
+            .max_payload()
+            .min(ours.max_payload())
+            .max(PLAIN_UDP_LIMIT as u16),
+        _ => PLAIN_UDP_LIMIT as u16,
+    }
+}
+
 /// Encodes a response for UDP as hickory-server does: within our OPT
 /// payload size (512 without OPT), SERVFAIL if it cannot be encoded.
 fn encode_udp(request: &Request, prepared: &Prepared) -> Vec<u8> {
     let mut bytes = Vec::with_capacity(512);
     let mut encoder = BinEncoder::new(&mut bytes);
     let result = match prepared {
-        Prepared::Error { code, edns } => {
-            encoder.set_max_size(edns.as_ref().map_or(512, Edns::max_payload));
-            let mut builder = MessageResponseBuilder::from_message_request(request);
-            if let Some(e) = edns {
-                builder.edns(e);
+        Prepared::Error { code, edns, echo } => {
+            let limit = udp_limit(request, edns.as_ref());
+            encoder.set_max_size(limit);
+            let none = no_question();
+            let sent = error_response(request, *code, edns.as_ref(), *echo, &none)
+                .destructive_emit(&mut encoder);
+            if sent.is_ok() || !*echo {
+                sent
+            } else {
+                // The question echoed does not fit (two long names): the
+                // error goes without it, as RFC 1035 allows.
+                drop(encoder);
+                bytes.clear();
+                encoder = BinEncoder::new(&mut bytes);
+                encoder.set_max_size(limit);
+                error_response(request, *code, edns.as_ref(), false, &none)
+                    .destructive_emit(&mut encoder)
             }
-            builder
-                .error_msg(&request.metadata, *code)
-                .destructive_emit(&mut encoder)
         }
         Prepared::Answer(response) => {
-            encoder.set_max_size(response.edns.as_ref().map_or(512, Edns::max_payload));
+            encoder.set_max_size(udp_limit(request, response.edns.as_ref()));
             let mut builder = MessageResponseBuilder::from_message_request(request);
             if let Some(e) = &response.edns {
                 builder.edns(e);
@@ -665,13 +748,10 @@ impl RequestHandler for DnsHandler {
         let prepared = self.prepare(request).await;
         self.count(request, &prepared);
         let sent = match &prepared {
-            Prepared::Error { code, edns } => {
-                let mut builder = MessageResponseBuilder::from_message_request(request);
-                if let Some(e) = edns {
-                    builder.edns(e);
-                }
+            Prepared::Error { code, edns, echo } => {
+                let none = no_question();
                 response
-                    .send_response(builder.error_msg(&request.metadata, *code))
+                    .send_response(error_response(request, *code, edns.as_ref(), *echo, &none))
                     .await
             }
             Prepared::Answer(prepared) => {

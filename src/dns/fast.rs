@@ -485,12 +485,17 @@ impl DnsHandler {
 
 /// FORMERR for a datagram whose header decodes but whose body does not,
 /// the way hickory-server answers it: the header's ID, opcode and RD, no
-/// question, no OPT record. Shorter than a header: dropped.
+/// question, no OPT record. Shorter than a header, or a response (QR=1,
+/// which hickory-server's own loop answers too): dropped, so a forged
+/// source address gets nothing reflected to it.
 fn formerr(packet: &[u8]) -> Immediate {
     let mut decoder = BinDecoder::new(packet);
     let Ok(header) = hickory_proto::op::Header::read(&mut decoder) else {
         return Immediate::Drop;
     };
+    if header.metadata.message_type == hickory_proto::op::MessageType::Response {
+        return Immediate::Drop;
+    }
     let Ok(queries) = Queries::read(&mut BinDecoder::new(&[]), 0) else {
         return Immediate::Drop;
     };
@@ -567,5 +572,7 @@ fn soa_tail(record: &Record) -> Option<[u8; 20]> {
     Some(tail)
 }
 
+#[cfg(test)]
+mod props;
 #[cfg(test)]
 mod tests;

@@ -47,7 +47,7 @@ fn health(instances: Vec<Instance>) -> ServiceHealth {
 /// dc1 and dc2 with: `web` (3 in dc1, 2 in dc2), `big` (100 in dc1),
 /// `down` (critical in dc1, healthy in dc2), `host` (a host-name
 /// address), `six` (IPv6), `tagged` (tags), and `later`, never synced.
-fn view() -> Arc<HealthView> {
+pub(super) fn view() -> Arc<HealthView> {
     let view = Arc::new(HealthView::new("dc1"));
     view.set_datacenters(vec!["dc1".to_owned(), "dc2".to_owned()]);
     let names = ["web", "big", "down", "host", "six", "tagged", "later"];
@@ -119,15 +119,16 @@ fn view() -> Arc<HealthView> {
     view
 }
 
-/// One server over `view` with UDP served as `mode`.
-async fn start(view: &Arc<HealthView>, mode: UdpMode, metrics: Metrics) -> Listeners {
+/// The handler of the tests: the view, a `[[query]]` `fo` failing over
+/// from dc1 to dc2, TTL 5 s.
+pub(super) fn handler(view: &Arc<HealthView>, metrics: Metrics) -> DnsHandler {
     let config = Config::from_toml_str(
         "[dns]\nfirst_answer_wait = \"100ms\"\nttl = \"5s\"\n[consul]\ndatacenter = \"dc1\"\n\
          [[query]]\nname = \"fo\"\nservice = \"down\"\nfailover = { datacenters = [\"dc2\"] }\n",
         "test.toml",
     )
     .unwrap();
-    let handler = DnsHandler::new(
+    DnsHandler::new(
         Arc::new(ArcSwap::from_pointee(Resolver::new(&config))),
         Arc::clone(view),
         Arc::new(NoWatches),
@@ -138,9 +139,13 @@ async fn start(view: &Arc<HealthView>, mode: UdpMode, metrics: Metrics) -> Liste
             first_answer_wait: config.dns.first_answer_wait,
             upstream: None,
         },
-    );
+    )
+}
+
+/// One server over `view` with UDP served as `mode`.
+pub(super) async fn start(view: &Arc<HealthView>, mode: UdpMode, metrics: Metrics) -> Listeners {
     serve(
-        handler,
+        handler(view, metrics),
         &["127.0.0.1:0".parse().unwrap()],
         Duration::from_secs(5),
         mode,
@@ -150,7 +155,11 @@ async fn start(view: &Arc<HealthView>, mode: UdpMode, metrics: Metrics) -> Liste
 }
 
 /// The reply to a datagram, or `None` after 200 ms of silence.
-async fn exchange(socket: &UdpSocket, server: SocketAddr, bytes: &[u8]) -> Option<Vec<u8>> {
+pub(super) async fn exchange(
+    socket: &UdpSocket,
+    server: SocketAddr,
+    bytes: &[u8],
+) -> Option<Vec<u8>> {
     socket.send_to(bytes, server).await.unwrap();
     let mut buffer = vec![0; 65_535];
     loop {
@@ -198,7 +207,7 @@ fn serials(message: &Message) -> Vec<u32> {
 /// What must match between the two paths' replies to one request.
 /// `exact_records` is false where the slow path's random shuffle picks
 /// which records survive truncation.
-fn compare(what: &str, slow: &[u8], fast: &[u8], exact_records: bool) {
+pub(super) fn compare(what: &str, slow: &[u8], fast: &[u8], exact_records: bool) {
     assert_eq!(slow[..2], fast[..2], "{what}: ID");
     let (slow_m, fast_m) = match (Message::from_vec(slow), Message::from_vec(fast)) {
         (Ok(s), Ok(f)) => (s, f),
@@ -465,6 +474,14 @@ async fn fast_path_replies_decode_like_the_slow_path() {
     for (what, bytes) in malformed() {
         let slow_reply = exchange(&socket, slow_at, &bytes).await;
         let fast_reply = exchange(&socket, fast_at, &bytes).await;
+        if bytes.len() >= 12 && bytes[2] & 0x80 != 0 {
+            // A response (QR=1): hickory-server answers an undecodable one
+            // with FORMERR (it checks QR only after decoding), which
+            // reflects it to a forged source; the fast path never answers.
+            assert!(fast_reply.is_none(), "{what}: a reply to QR=1");
+            compared += 1;
+            continue;
+        }
         match (&slow_reply, &fast_reply) {
             (None, None) => {}
             (Some(s), Some(f)) => compare(&what, s, f, true),
