@@ -303,7 +303,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let listeners = dns::serve(
         handler,
         &config.dns.listen,
-        config.dns.tcp_idle_timeout,
+        dns::TcpSettings::from_config(&config.dns),
         UdpMode::from_config(config.dns.udp_fast_path, config.dns.udp_threads),
     )
     .await?;

@@ -9,11 +9,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use arc_swap::{ArcSwap, ArcSwapOption};
 use hickory_proto::ProtoError;
 use hickory_proto::op::{
-    Edns, EmitAndCount, Header, Metadata, OpCode, ResponseCode, emit_message_parts,
+    Edns, EmitAndCount, Header, MessageType, Metadata, OpCode, ResponseCode, emit_message_parts,
 };
 use hickory_proto::rr::rdata::opt::{EdnsCode, EdnsOption};
 use hickory_proto::rr::{Record, RecordType};
-use hickory_proto::serialize::binary::{BinDecoder, BinEncodable, BinEncoder, NameEncoding};
+use hickory_proto::serialize::binary::{
+    BinDecodable, BinDecoder, BinEncodable, BinEncoder, NameEncoding,
+};
 use hickory_server::Server;
 use hickory_server::net::runtime::Time;
 use hickory_server::net::xfer::Protocol;
@@ -665,10 +667,13 @@ fn error_response<'a>(
     builder.error_msg(&request.metadata, code)
 }
 
-/// The most a UDP response to `request` may hold: the client's EDNS
-/// payload within ours (`ours`, our OPT record), at least 512; 512
-/// without EDNS.
-fn udp_limit(request: &Request, ours: Option<&Edns>) -> u16 {
+/// The most a response to `request` may hold: over TCP 65535; over UDP
+/// the client's EDNS payload within ours (`ours`, our OPT record), at
+/// least 512, and 512 without EDNS.
+fn size_limit(request: &Request, ours: Option<&Edns>) -> u16 {
+    if request.protocol() != Protocol::Udp {
+        return u16::MAX;
+    }
     match (&request.edns, ours) {
         (Some(theirs), Some(ours)) => theirs
             .max_payload()
@@ -678,14 +683,36 @@ fn udp_limit(request: &Request, ours: Option<&Edns>) -> u16 {
     }
 }
 
-/// Encodes a response for UDP as hickory-server does: within our OPT
-/// payload size (512 without OPT), SERVFAIL if it cannot be encoded.
-fn encode_udp(request: &Request, prepared: &Prepared) -> Vec<u8> {
+/// FORMERR for a message whose header decodes but whose body does not,
+/// the way hickory-server answers it: the header's ID, opcode and RD, no
+/// question, no OPT record. Shorter than a header, or a response (QR=1,
+/// which hickory-server's own loop answers too): nothing, so a forged
+/// source address gets nothing reflected to it.
+fn formerr(message: &[u8]) -> Option<Vec<u8>> {
+    let header = Header::read(&mut BinDecoder::new(message)).ok()?;
+    if header.metadata.message_type == MessageType::Response {
+        return None;
+    }
+    let none = no_question();
+    let mut bytes = Vec::with_capacity(12);
+    let mut encoder = BinEncoder::new(&mut bytes);
+    encoder.set_max_size(512);
+    MessageResponseBuilder::new(&none, None)
+        .error_msg(&header.metadata, ResponseCode::FormErr)
+        .destructive_emit(&mut encoder)
+        .ok()?;
+    Some(bytes)
+}
+
+/// Encodes a response as hickory-server does: within what the transport
+/// and the client take ([`size_limit`]), SERVFAIL if it cannot be
+/// encoded.
+fn encode(request: &Request, prepared: &Prepared) -> Vec<u8> {
     let mut bytes = Vec::with_capacity(512);
     let mut encoder = BinEncoder::new(&mut bytes);
     let result = match prepared {
         Prepared::Error { code, edns, echo } => {
-            let limit = udp_limit(request, edns.as_ref());
+            let limit = size_limit(request, edns.as_ref());
             encoder.set_max_size(limit);
             let none = no_question();
             let sent = error_response(request, *code, edns.as_ref(), *echo, &none)
@@ -704,7 +731,7 @@ fn encode_udp(request: &Request, prepared: &Prepared) -> Vec<u8> {
             }
         }
         Prepared::Answer(response) => {
-            encoder.set_max_size(udp_limit(request, response.edns.as_ref()));
+            encoder.set_max_size(size_limit(request, response.edns.as_ref()));
             let mut builder = MessageResponseBuilder::from_message_request(request);
             if let Some(e) = &response.edns {
                 builder.edns(e);
@@ -797,7 +824,8 @@ pub struct ServeError {
 
 /// The DNS listeners of a running server.
 pub struct Listeners {
-    /// hickory-server: TCP always, UDP too when the fast path is off.
+    /// hickory-server: UDP when the fast path is off (TCP is ours, see
+    /// `tcp`); its shutdown token stops our TCP listeners too.
     pub server: Server<DnsHandler>,
     /// The addresses bound (UDP and TCP on each).
     pub bound: Vec<SocketAddr>,
@@ -885,7 +913,7 @@ fn bind_fast(
 pub async fn serve(
     handler: DnsHandler,
     listen: &[SocketAddr],
-    tcp_idle_timeout: Duration,
+    tcp_settings: TcpSettings,
     udp: UdpMode,
 ) -> Result<Listeners, ServeError> {
     let shared = Arc::new(handler.clone());
@@ -932,7 +960,12 @@ pub async fn serve(
                     (local, tcp)
                 }
             };
-        server.register_listener(tcp, tcp_idle_timeout, 32);
+        tokio::spawn(tcp::serve(
+            tcp,
+            Arc::clone(&shared),
+            tcp_settings,
+            server.shutdown_token().clone(),
+        ));
         bound.push(local);
     }
     Ok(Listeners {
@@ -943,6 +976,9 @@ pub async fn serve(
 }
 
 mod fast;
+mod tcp;
+
+pub use tcp::TcpSettings;
 
 #[cfg(test)]
 mod tests;

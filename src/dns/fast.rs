@@ -23,16 +23,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use hickory_proto::rr::{RData, Record, RecordType};
-use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
 use hickory_server::net::xfer::Protocol;
 use hickory_server::server::Request;
-use hickory_server::zone_handler::{MessageResponseBuilder, Queries};
 use nix::errno::Errno;
 use nix::sys::socket::{ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage};
 use rustc_hash::FxHashMap;
 use socket2::{Domain, Socket, Type};
 
-use super::{DnsHandler, encode_udp, unix_seconds};
+use super::{DnsHandler, encode, unix_seconds};
 use crate::health::{
     Catalog, Data, Freshness, HealthLookup, HealthView, NodeInfo, ServiceHealth, ServiceKey,
     SlotUse,
@@ -235,7 +233,7 @@ impl Worker {
                         self.runtime.spawn(async move {
                             let prepared = handler.prepare(&request).await;
                             handler.count(&request, &prepared);
-                            let bytes = encode_udp(&request, &prepared);
+                            let bytes = encode(&request, &prepared);
                             if !bytes.is_empty() {
                                 let _ = socket.send_to(&bytes, source);
                             }
@@ -438,7 +436,10 @@ impl DnsHandler {
     /// response is dropped (no reflection); the rest gets the answer logic.
     pub(super) fn respond_now(&self, packet: &[u8], source: SocketAddr) -> Immediate {
         let Ok(request) = Request::from_bytes(packet.to_vec(), source, Protocol::Udp) else {
-            return formerr(packet);
+            return super::formerr(packet).map_or(Immediate::Drop, |bytes| Immediate::Ready {
+                bytes,
+                keep: None,
+            });
         };
         if request.metadata.message_type == hickory_proto::op::MessageType::Response {
             return Immediate::Drop;
@@ -451,7 +452,7 @@ impl DnsHandler {
             return Immediate::Later(Box::new(request));
         };
         self.count(&request, &prepared);
-        let bytes = encode_udp(&request, &prepared);
+        let bytes = encode(&request, &prepared);
         let keep = match answer {
             Some(answer) if bytes.len() > 2 => {
                 let mut variants = vec![variant(&bytes, &answer)];
@@ -460,7 +461,7 @@ impl DnsHandler {
                     let mut rotated = answer.clone();
                     rotated.answers.rotate_left(turn);
                     let prepared = self.finish(&request, &settings, rotated.into());
-                    variants.push(variant(&encode_udp(&request, &prepared), &answer));
+                    variants.push(variant(&encode(&request, &prepared), &answer));
                 }
                 let mut seen = HashSet::new();
                 let uses = recorder
@@ -480,34 +481,6 @@ impl DnsHandler {
             _ => None,
         };
         Immediate::Ready { bytes, keep }
-    }
-}
-
-/// FORMERR for a datagram whose header decodes but whose body does not,
-/// the way hickory-server answers it: the header's ID, opcode and RD, no
-/// question, no OPT record. Shorter than a header, or a response (QR=1,
-/// which hickory-server's own loop answers too): dropped, so a forged
-/// source address gets nothing reflected to it.
-fn formerr(packet: &[u8]) -> Immediate {
-    let mut decoder = BinDecoder::new(packet);
-    let Ok(header) = hickory_proto::op::Header::read(&mut decoder) else {
-        return Immediate::Drop;
-    };
-    if header.metadata.message_type == hickory_proto::op::MessageType::Response {
-        return Immediate::Drop;
-    }
-    let Ok(queries) = Queries::read(&mut BinDecoder::new(&[]), 0) else {
-        return Immediate::Drop;
-    };
-    let mut bytes = Vec::with_capacity(12);
-    let mut encoder = hickory_proto::serialize::binary::BinEncoder::new(&mut bytes);
-    encoder.set_max_size(512);
-    let sent = MessageResponseBuilder::new(&queries, None)
-        .error_msg(&header.metadata, hickory_proto::op::ResponseCode::FormErr)
-        .destructive_emit(&mut encoder);
-    match sent {
-        Ok(_) => Immediate::Ready { bytes, keep: None },
-        Err(_) => Immediate::Drop,
     }
 }
 

@@ -83,7 +83,7 @@ async fn start_waiting(wait: &str, extra: &str) -> (SocketAddr, Listeners) {
     let listeners = serve(
         handler,
         &["127.0.0.1:0".parse().unwrap()],
-        Duration::from_secs(5),
+        TcpSettings::from_config(&config.dns),
         UdpMode::from_config(config.dns.udp_fast_path, config.dns.udp_threads),
     )
     .await

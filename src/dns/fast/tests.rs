@@ -147,7 +147,10 @@ pub(super) async fn start(view: &Arc<HealthView>, mode: UdpMode, metrics: Metric
     serve(
         handler(view, metrics),
         &["127.0.0.1:0".parse().unwrap()],
-        Duration::from_secs(5),
+        crate::dns::TcpSettings {
+            idle_timeout: Duration::from_secs(5),
+            max_connections: 64,
+        },
         mode,
     )
     .await

@@ -1,0 +1,205 @@
+//! Issue 8: DNS over TCP under hostile clients. `dns.tcp_max_connections`
+//! holds (one more is closed at once, UDP keeps answering), idle and slow
+//! ("slow loris") connections are closed after `dns.tcp_idle_timeout`,
+//! pipelined queries are answered in order, and a 64 KiB message is read.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use hickory_proto::op::{Edns, Message};
+use hickory_proto::rr::RecordType;
+use hickory_proto::rr::rdata::opt::EdnsOption;
+
+use crate::support::{Federation, Net, Server, query, server_config, try_udp};
+
+/// The cap and the idle timeout of these tests.
+const MAX: usize = 8;
+const IDLE: Duration = Duration::from_secs(1);
+
+fn start(net: Net) -> (Federation, Server) {
+    let federation = Federation::start(net);
+    federation.grafana_everywhere(net);
+    let config = server_config(net, &federation, "").replacen(
+        "ttl = \"0s\"\n",
+        &format!("ttl = \"0s\"\ntcp_max_connections = {MAX}\ntcp_idle_timeout = \"1s\"\n"),
+        1,
+    );
+    assert!(config.contains("tcp_max_connections"), "{config}");
+    let server = Server::start_with(net, &config);
+    (federation, server)
+}
+
+fn connect(server: SocketAddr) -> TcpStream {
+    let stream = TcpStream::connect_timeout(&server, Duration::from_secs(2)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    stream
+}
+
+/// A query framed for TCP.
+fn framed(message: &Message) -> Vec<u8> {
+    let bytes = message.to_vec().expect("encodes");
+    let mut out = u16::try_from(bytes.len())
+        .expect("fits")
+        .to_be_bytes()
+        .to_vec();
+    out.extend_from_slice(&bytes);
+    out
+}
+
+/// Reads one framed reply.
+fn read_reply(stream: &mut TcpStream) -> Message {
+    let mut length = [0u8; 2];
+    stream.read_exact(&mut length).expect("a length prefix");
+    let mut reply = vec![0u8; usize::from(u16::from_be_bytes(length))];
+    stream.read_exact(&mut reply).expect("a reply");
+    Message::from_vec(&reply).expect("the reply decodes")
+}
+
+/// How long until the server closes `stream` (reads EOF or a reset), at
+/// most `limit`.
+fn closed_within(stream: &mut TcpStream, limit: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    stream.set_read_timeout(Some(limit)).expect("timeout");
+    let mut byte = [0u8; 1];
+    match stream.read(&mut byte) {
+        Ok(0) => Some(started.elapsed()),
+        Err(e) if e.kind() == ErrorKind::ConnectionReset => Some(started.elapsed()),
+        _ => None,
+    }
+}
+
+#[test]
+fn pipelined_queries_are_answered_in_order_and_64_kib_messages_are_read() {
+    let net = Net::claim(155);
+    let (_federation, server) = start(net);
+    let mut stream = connect(server.dns());
+    let names = [
+        "grafana.query.consul",
+        "nosuch.query.consul",
+        "grafana.service.consul",
+    ];
+    let mut all = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let mut q = query(name, RecordType::A);
+        q.metadata.id = 100 + i as u16;
+        all.extend_from_slice(&framed(&q));
+    }
+    stream.write_all(&all).expect("send three at once");
+    for (i, name) in names.iter().enumerate() {
+        let reply = read_reply(&mut stream);
+        assert_eq!(reply.metadata.id, 100 + i as u16, "{name}: in order");
+        assert_eq!(reply.queries[0].name().to_string(), format!("{name}."));
+    }
+
+    // A query padded to a 65,535-byte message: read whole and answered.
+    let mut big = query("grafana.query.consul", RecordType::A);
+    let mut edns = Edns::new();
+    edns.set_max_payload(1232);
+    big.set_edns(edns);
+    let unpadded = big.to_vec().unwrap().len();
+    let padding = 65_535 - unpadded - 4;
+    big.edns
+        .as_mut()
+        .unwrap()
+        .options_mut()
+        .insert(EdnsOption::Unknown(12, vec![0; padding]));
+    big.metadata.id = 200;
+    let bytes = framed(&big);
+    assert_eq!(bytes.len(), 2 + 65_535);
+    stream.write_all(&bytes).expect("send 64 KiB");
+    let reply = read_reply(&mut stream);
+    assert_eq!(reply.metadata.id, 200);
+    assert_eq!(reply.answers.len(), 2, "{reply:?}");
+    // The connection still serves.
+    stream
+        .write_all(&framed(&query("grafana.query.consul", RecordType::A)))
+        .unwrap();
+    assert_eq!(read_reply(&mut stream).answers.len(), 2);
+}
+
+#[test]
+fn connections_past_the_cap_are_closed_and_slow_senders_dropped() {
+    let net = Net::claim(156);
+    let (_federation, server) = start(net);
+    let dns = server.dns();
+    let mut held: Vec<TcpStream> = (0..MAX).map(|_| connect(dns)).collect();
+    // Each held connection is served (so it is counted).
+    for stream in &mut held {
+        stream
+            .write_all(&framed(&query("grafana.query.consul", RecordType::A)))
+            .unwrap();
+        assert_eq!(read_reply(stream).answers.len(), 2);
+    }
+    // One more is closed at once; UDP answers meanwhile.
+    let mut extra = connect(dns);
+    let _ = extra.write_all(&framed(&query("grafana.query.consul", RecordType::A)));
+    let took = closed_within(&mut extra, Duration::from_millis(500))
+        .expect("a connection past the cap is closed");
+    println!("past the cap: closed after {took:?}");
+    let started = Instant::now();
+    let udp = try_udp(
+        dns,
+        &query("grafana.query.consul", RecordType::A),
+        Duration::from_secs(1),
+    );
+    assert_eq!(
+        udp.map(|r| r.answers.len()),
+        Some(2),
+        "UDP while TCP is full"
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(50),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        server
+            .log_lines(&["DNS TCP connection limit reached"])
+            .len(),
+        1,
+        "{}",
+        server.logs()
+    );
+
+    // The idle ones go after the idle timeout, freeing their places.
+    for stream in &mut held {
+        let took = closed_within(stream, IDLE * 3).expect("an idle connection is closed");
+        assert!(took <= IDLE * 2, "closed after {took:?}");
+    }
+    drop(held);
+
+    // A slow sender: a byte every 200 ms, never a whole message.
+    let mut slow = connect(dns);
+    let started = Instant::now();
+    let message = framed(&query("grafana.query.consul", RecordType::A));
+    let mut closed = false;
+    for byte in message.iter().cycle().take(40) {
+        if slow.write_all(&[*byte]).is_err() {
+            closed = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        if started.elapsed() > IDLE * 3 {
+            break;
+        }
+    }
+    if !closed {
+        closed = closed_within(&mut slow, IDLE).is_some();
+    }
+    assert!(
+        closed,
+        "a slow sender was still connected after {:?}",
+        started.elapsed()
+    );
+    assert!(started.elapsed() < IDLE * 3, "{:?}", started.elapsed());
+
+    // Places are free again.
+    let mut again = connect(dns);
+    again
+        .write_all(&framed(&query("grafana.query.consul", RecordType::A)))
+        .unwrap();
+    assert_eq!(read_reply(&mut again).answers.len(), 2);
+}
