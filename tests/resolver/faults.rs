@@ -15,6 +15,7 @@
 
 use std::fs;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use consul_sim::model::{CRITICAL, PASSING, WARNING};
@@ -22,7 +23,7 @@ use hickory_proto::op::ResponseCode;
 
 use crate::support::{
     Answered, EDE_NO_REACHABLE_AUTHORITY, EDE_NOT_READY, Federation, Instance, Net, Server, ask,
-    direct_datacenter, fault_server_config, http_get, metric_value, poll,
+    direct_datacenter, fault_server_config, http_get, metric_value, poll, run_bounded,
 };
 
 /// The bound on every answer's latency while Consul misbehaves.
@@ -864,6 +865,53 @@ fn forbidden_service_logged_once_token_never() {
         "the token appears in the log:\n{}",
         server.log_lines(&[token]).join("\n")
     );
+    // Nor anywhere else an operator looks, while the 403s go on.
+    let admin = net.admin();
+    let mut seen = vec![("/metrics".to_owned(), server.metrics())];
+    for path in [
+        "/v1/explain?name=loki.query.consul&type=A",
+        "/v1/explain?name=grafana.query.consul&type=A",
+        "/ready",
+        "/health",
+    ] {
+        let (_, body) = http_get(admin, path).unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        seen.push((path.to_owned(), body));
+    }
+    let explained = run_bounded(
+        Command::new(env!("CARGO_BIN_EXE_consul-failover-dns")).args([
+            "explain",
+            "loki",
+            "--admin-listen",
+            &admin.to_string(),
+        ]),
+        Duration::from_secs(10),
+    );
+    seen.push((
+        "explain loki".to_owned(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&explained.stdout),
+            String::from_utf8_lossy(&explained.stderr)
+        ),
+    ));
+    let checked = run_bounded(
+        Command::new(env!("CARGO_BIN_EXE_consul-failover-dns"))
+            .arg("check-config")
+            .arg("-c")
+            .arg(server.config_path()),
+        Duration::from_secs(10),
+    );
+    seen.push((
+        "check-config".to_owned(),
+        String::from_utf8_lossy(&checked.stdout).into_owned(),
+    ));
+    for (place, text) in &seen {
+        assert!(!text.is_empty(), "{place} said nothing");
+        assert!(
+            !text.contains(token),
+            "the token appears in {place}:\n{text}"
+        );
+    }
 
     federation.sim.clear_faults("dc1");
     let lifted = Instant::now();
