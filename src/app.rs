@@ -83,6 +83,7 @@ impl Reloader {
         }
         self.resolver.store(Arc::new(resolver));
         self.wire.set(wire_settings(&config));
+        self.wire.set_allow(allow_list(&config));
         self.view.set_max_stale(config.consul.max_stale);
         // Answers cached by the UDP fast path were built with the old ones.
         self.view.invalidate_answers();
@@ -157,6 +158,11 @@ fn wire_settings(config: &Config) -> WireSettings {
         first_answer_wait: config.dns.first_answer_wait,
         upstream: config.dns.upstream.parse().ok(),
     }
+}
+
+/// `dns.allow` as networks (validated with the configuration).
+fn allow_list(config: &Config) -> Vec<ipnet::IpNet> {
+    crate::config::parse_allow(&config.dns.allow).unwrap_or_default()
 }
 
 /// Reloads the configuration on every SIGHUP: `load` reads and validates
@@ -300,6 +306,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         wire_settings(&config),
     );
     let wire = handler.wire();
+    wire.set_allow(allow_list(&config));
     let listeners = dns::serve(
         handler,
         &config.dns.listen,

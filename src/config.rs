@@ -121,6 +121,9 @@ pub struct DnsConfig {
     pub tcp_max_connections: usize,
     /// Where other names in the zone go (empty: NXDOMAIN).
     pub upstream: String,
+    /// The clients answered (CIDRs or addresses); others get REFUSED.
+    /// Empty: every client.
+    pub allow: Vec<String>,
     /// Serve UDP with the fast path (a thread and socket per core, batched
     /// system calls, cached responses); `false`: hickory-server's loop.
     pub udp_fast_path: bool,
@@ -143,6 +146,7 @@ impl Default for DnsConfig {
             tcp_idle_timeout: Duration::from_secs(10),
             tcp_max_connections: 1024,
             upstream: String::new(),
+            allow: Vec::new(),
             udp_fast_path: true,
             udp_threads: 0,
         }
@@ -621,6 +625,9 @@ impl Config {
                 ),
             ));
         }
+        if let Err(message) = parse_allow(&self.dns.allow) {
+            return Err(invalid("dns.allow", message));
+        }
         if self.dns.tcp_max_connections == 0 {
             return Err(invalid(
                 "dns.tcp_max_connections",
@@ -794,6 +801,24 @@ fn check_register(register: &RegisterConfig, admin: &str) -> Result<(), (&'stati
         ));
     }
     Ok(())
+}
+
+/// `dns.allow` as networks: each entry a CIDR (`10.0.0.0/8`,
+/// `fd00::/8`) or a single address.
+pub fn parse_allow(entries: &[String]) -> Result<Vec<ipnet::IpNet>, String> {
+    entries
+        .iter()
+        .map(|entry| {
+            let entry = entry.trim();
+            entry
+                .parse::<ipnet::IpNet>()
+                .map(|net| net.trunc())
+                .or_else(|_| entry.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    format!("{entry:?} is not a network or an address, e.g. \"10.0.0.0/8\", \"127.0.0.1\", \"fd00::/8\"")
+                })
+        })
+        .collect()
 }
 
 fn check_domain(domain: &str) -> Result<(), String> {
@@ -1092,6 +1117,31 @@ mod tests {
             "[register]\naddress = \"metrics.host1.example\"\nderegister_critical_after = \"10m\"\n",
         );
         assert!(fine.is_ok(), "{fine:?}");
+    }
+
+    #[test]
+    fn dns_allow_takes_networks_and_addresses() {
+        let c = parse(
+            "[dns]\nallow = [\"10.0.0.0/8\", \"127.0.0.1\", \"fd00::/8\", \"10.1.2.3/16\"]\n",
+        )
+        .unwrap();
+        let nets = parse_allow(&c.dns.allow).unwrap();
+        let shown: Vec<String> = nets.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            ["10.0.0.0/8", "127.0.0.1/32", "fd00::/8", "10.1.0.0/16"]
+        );
+        let e = parse("[dns]\nallow = [\"10.0.0.0/33\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("dns.allow: \"10.0.0.0/33\" is not a network"),
+            "{e}"
+        );
+        let e = parse("[dns]\nallow = [\"localhost\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("dns.allow: \"localhost\""), "{e}");
     }
 
     #[test]

@@ -89,6 +89,8 @@ enum Step {
 pub struct Wire {
     settings: ArcSwap<WireSettings>,
     upstream: ArcSwapOption<Upstream>,
+    /// `dns.allow`: the clients answered; empty, every one.
+    allow: ArcSwap<Vec<ipnet::IpNet>>,
 }
 
 impl Wire {
@@ -96,7 +98,19 @@ impl Wire {
         Self {
             upstream: ArcSwapOption::from(settings.upstream.map(|a| Arc::new(Upstream::new(a)))),
             settings: ArcSwap::from_pointee(settings),
+            allow: ArcSwap::from_pointee(Vec::new()),
         }
+    }
+
+    /// Answers only these clients from the next query on (`dns.allow`;
+    /// empty: every client).
+    pub fn set_allow(&self, allow: Vec<ipnet::IpNet>) {
+        self.allow.store(Arc::new(allow));
+    }
+
+    /// Whether a client at `ip` is answered.
+    pub(crate) fn allows(&self, ip: std::net::IpAddr) -> bool {
+        allowed(&self.allow.load(), ip)
     }
 
     /// Puts new settings in force for the next queries.
@@ -111,6 +125,13 @@ impl Wire {
     fn get(&self) -> WireSettings {
         **self.settings.load()
     }
+}
+
+/// Whether `ip` is in `allow` (empty: every address is). An IPv4 client
+/// seen through an IPv6 socket (`::ffff:a.b.c.d`) counts as IPv4.
+pub(crate) fn allowed(allow: &[ipnet::IpNet], ip: std::net::IpAddr) -> bool {
+    let ip = ip.to_canonical();
+    allow.is_empty() || allow.iter().any(|net| net.contains(&ip))
 }
 
 /// The request handler shared by every listener.
@@ -441,6 +462,13 @@ impl DnsHandler {
     fn check(&self, request: &Request, settings: &WireSettings) -> Result<Question, Prepared> {
         // RFC 6891 §6.1.1: answer an OPT with an OPT advertising our size.
         let edns = our_edns(request, settings);
+        if !self.wire.allows(request.src().ip()) {
+            return Err(Prepared::Error {
+                code: ResponseCode::Refused,
+                edns,
+                echo: !compressed(request.queries.as_bytes()),
+            });
+        }
         // A question is the message's first name: nothing before it to
         // point to but the header. Not a query anyone sends, and not one
         // to echo.

@@ -193,6 +193,7 @@ impl Worker {
                 }
             }
             cache.follow(self.handler.view.generation());
+            let allow = self.handler.wire.allow.load();
             let serial = unix_seconds();
             destinations.clear();
             let mut used = 0;
@@ -208,7 +209,11 @@ impl Worker {
                 let packet = &buffers[at][..*length];
                 let reply = &mut replies[used];
                 reply.clear();
-                if cache.answer(packet, serial, reply, &self.handler.view) {
+                // A client outside dns.allow gets REFUSED from the answer
+                // logic, never a cached answer.
+                let allowed = allow.is_empty()
+                    || to_std(address).is_some_and(|source| super::allowed(&allow, source.ip()));
+                if allowed && cache.answer(packet, serial, reply, &self.handler.view) {
                     destinations.push(Some(*address));
                     used += 1;
                     hits += 1;
