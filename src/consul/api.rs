@@ -3,8 +3,12 @@
 //!
 //! Decoding is lenient: a field that is missing or `null` takes its empty
 //! value, unknown fields are ignored, so a newer or older Consul (or a
-//! proxy adding fields) does not break a watch. Only a body that is not the
-//! expected JSON shape at all is an error.
+//! proxy adding fields) does not break a watch. A body that is not the
+//! expected JSON shape at all is an error, and so is `null` where Consul
+//! always sends a list or a map (its endpoints turn a nil result into
+//! `[]` / `{}`): taken as "no instances", a broken proxy's `null` would
+//! wipe a datacenter out of the answers; as an error, the last good data
+//! stays.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -198,10 +202,9 @@ pub(crate) fn decode_health(
     translated: bool,
     share: impl FnOnce(Vec<NodeInfo>) -> Vec<Arc<NodeInfo>>,
 ) -> Result<Vec<Instance>, String> {
-    let entries: Option<Vec<Option<HealthEntry>>> =
+    let entries: Vec<Option<HealthEntry>> =
         serde_json::from_slice(body).map_err(|e| e.to_string())?;
     let (nodes, mut instances): (Vec<NodeInfo>, Vec<Instance>) = entries
-        .unwrap_or_default()
         .into_iter()
         .flatten()
         .map(|entry| instance(entry, translated))
@@ -228,9 +231,9 @@ fn exact<T>(items: Vec<T>) -> Vec<T> {
 
 /// Decodes a `/v1/catalog/services` body into the service names.
 pub(crate) fn decode_catalog(body: &[u8]) -> Result<HashSet<String>, String> {
-    let map: Option<HashMap<String, IgnoredAny>> =
+    let map: HashMap<String, IgnoredAny> =
         serde_json::from_slice(body).map_err(|e| e.to_string())?;
-    Ok(map.unwrap_or_default().into_keys().collect())
+    Ok(map.into_keys().collect())
 }
 
 /// Decodes a `/v1/catalog/datacenters` body.
@@ -615,7 +618,10 @@ mod tests {
         assert_eq!((partial.weight_passing, partial.weight_warning), (1, 65535));
         assert!(partial.checks.is_empty());
         assert!(decode(&json!([])).is_empty());
-        assert!(decode_health(b"null", false, unshared).unwrap().is_empty());
+        let null = decode_health(b"null", false, unshared).unwrap_err();
+        assert!(null.contains("null"), "{null}");
+        assert!(decode_catalog(b"null").unwrap_err().contains("null"));
+        assert!(decode_catalog(b"{}").unwrap().is_empty());
     }
 
     #[test]

@@ -667,6 +667,106 @@ fn error_bursts_answers_keep_coming() {
     println!("after the 429s and 503s: a change showed in {}", ms(took));
 }
 
+/// Issue 8: answers a Consul (or a proxy before it) should never give.
+/// Each, on every read of grafana in dc1, leaves grafana answered from the
+/// last good data, promptly, and is logged once, naming the datacenter
+/// and the service.
+#[test]
+fn malformed_consul_answers_keep_the_last_good_data_and_are_logged_once() {
+    let net = Net::claim(158);
+    let federation = Federation::start(net);
+    let check = Instance::check_id("grafana");
+    let all = federation.register_service(
+        "dc1",
+        "grafana",
+        &[net.instance(1, 1), net.instance(1, 2), net.instance(1, 3)],
+    );
+    federation.register_service("dc2", "grafana", &[net.instance(2, 1)]);
+    let server = Server::start_with(
+        net,
+        &fault_server_config(net, &federation.url("dc1"), "", GRAFANA),
+    );
+    let dns = server.dns();
+    let name = "grafana.query.consul";
+    let (answer, _) = must_ask(dns, name, true);
+    assert!(is_addresses(&answer, &all), "{answer:?}");
+    let cases: [(&str, u16, &str); 6] = [
+        ("not JSON", 200, "{\"Node\": {\"Node\": \"grafana-1\""),
+        (
+            "wrong types",
+            200,
+            "[{\"Node\": 5, \"Service\": \"grafana\", \"Checks\": {}}]",
+        ),
+        ("null for the list", 200, "null"),
+        ("an object for the list", 200, "{\"Nodes\": []}"),
+        (
+            "an HTML error page",
+            200,
+            "<html><body>502 Bad Gateway</body></html>",
+        ),
+        (
+            "a 502 from a proxy",
+            502,
+            "<html><body>502 Bad Gateway</body></html>",
+        ),
+    ];
+    for (round, (what, status, body)) in cases.into_iter().enumerate() {
+        let before = server.logs().lines().count();
+        federation.sim.fail_next(
+            "dc1",
+            100_000,
+            status,
+            Some(body),
+            Some("/v1/health/service/grafana"),
+        );
+        // A change wakes the blocked watch; its reads now get `body`.
+        let status_now = if round % 2 == 0 { WARNING } else { PASSING };
+        federation.set_check("dc1", "grafana-3", &check, status_now);
+        let samples = sample(
+            dns,
+            &[name],
+            Duration::from_millis(1500),
+            Duration::from_millis(20),
+        );
+        let slowest = assert_prompt(&samples, what);
+        let wrong = rejected(&samples, |_, a| is_addresses(a, &all));
+        assert!(
+            wrong.is_empty(),
+            "{what}: {name} must keep its last good answer {all:?}: {:?}",
+            &wrong[..wrong.len().min(5)]
+        );
+        let logs = server.logs();
+        let new: Vec<&str> = logs
+            .lines()
+            .skip(before)
+            .filter(|l| l.contains("grafana") && l.contains("dc1"))
+            .collect();
+        println!(
+            "{what}: {} answers, slowest {}, logged {new:#?}",
+            samples.len(),
+            ms(slowest)
+        );
+        assert_eq!(
+            new.len(),
+            1,
+            "{what}: want one log line naming grafana and dc1"
+        );
+        federation.sim.clear_faults("dc1");
+        // Good data again: a change shows, so the watch reads again (and
+        // its failures are over before the next case).
+        let lifted = Instant::now();
+        federation.set_check("dc1", "grafana-1", &check, CRITICAL);
+        let two = &all[1..];
+        expect_within(dns, name, lifted, RECOVER_WITHIN, what, |a| {
+            is_addresses(a, two)
+        });
+        federation.set_check("dc1", "grafana-1", &check, PASSING);
+        expect_within(dns, name, lifted, RECOVER_WITHIN, what, |a| {
+            is_addresses(a, &all)
+        });
+    }
+}
+
 /// Milliseconds since the Unix epoch at `instant` (for the simulator's
 /// request timestamps).
 fn unix_ms_at(instant: Instant) -> u128 {
