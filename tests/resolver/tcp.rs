@@ -203,3 +203,158 @@ fn connections_past_the_cap_are_closed_and_slow_senders_dropped() {
         .unwrap();
     assert_eq!(read_reply(&mut again).answers.len(), 2);
 }
+
+/// The open descriptors of process `pid` that are sockets.
+fn sockets_of(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|dir| {
+            dir.filter_map(Result::ok)
+                .filter(|e| {
+                    std::fs::read_link(e.path())
+                        .is_ok_and(|target| target.to_string_lossy().starts_with("socket:"))
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// About 30 s (`HOSTILE_SECS`) of random names over UDP, storms of TCP
+/// connections past the cap and slow-loris senders, all at once: a UDP
+/// probe is answered within 50 ms throughout, the server's sockets stay
+/// within the cap, and its RSS within 20 % of where it started.
+#[test]
+fn hostile_load_leaves_the_server_answering_within_bounds() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    let net = Net::claim(159);
+    let (_federation, server) = start(net);
+    let dns = server.dns();
+    let length = Duration::from_secs(
+        std::env::var("HOSTILE_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(30),
+    );
+    let probe = query("grafana.query.consul", RecordType::A);
+    // Warm-up, then the baselines.
+    for _ in 0..50 {
+        assert!(try_udp(dns, &probe, Duration::from_secs(1)).is_some());
+    }
+    let rss_before = server.rss_kib();
+    let sockets_before = sockets_of(server.pid());
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let refused = Arc::new(AtomicU64::new(0));
+    let mut workers = Vec::new();
+
+    // Random names, about 4,000 a second.
+    {
+        let (stop, sent) = (Arc::clone(&stop), Arc::clone(&sent));
+        workers.push(std::thread::spawn(move || {
+            let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+            socket.set_nonblocking(true).expect("nonblocking");
+            let mut rng = fastrand::Rng::with_seed(159);
+            let mut buffer = [0u8; 2048];
+            while !stop.load(Ordering::Relaxed) {
+                for _ in 0..40 {
+                    let label: String = (0..rng.usize(1..40)).map(|_| rng.alphanumeric()).collect();
+                    let kind = if rng.bool() { "query" } else { "service" };
+                    let mut q = query(&format!("{label}.{kind}.consul"), RecordType::A);
+                    q.metadata.id = rng.u16(..);
+                    let _ = socket.send_to(&q.to_vec().expect("encodes"), dns);
+                    sent.fetch_add(1, Ordering::Relaxed);
+                }
+                while socket.recv_from(&mut buffer).is_ok() {}
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }));
+    }
+    // TCP storms: twice the cap, held a moment, again and again.
+    {
+        let (stop, refused) = (Arc::clone(&stop), Arc::clone(&refused));
+        workers.push(std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let mut held: Vec<TcpStream> = (0..MAX * 2)
+                    .filter_map(|_| TcpStream::connect_timeout(&dns, Duration::from_secs(1)).ok())
+                    .collect();
+                std::thread::sleep(Duration::from_millis(200));
+                for stream in &mut held {
+                    let _ = stream.set_nonblocking(true);
+                    let mut byte = [0u8; 1];
+                    if matches!(stream.read(&mut byte), Ok(0)) {
+                        refused.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                drop(held);
+            }
+        }));
+    }
+    // Slow loris: a byte every 300 ms on a few connections.
+    {
+        let stop = Arc::clone(&stop);
+        workers.push(std::thread::spawn(move || {
+            let mut rng = fastrand::Rng::with_seed(7);
+            let mut slow: Vec<TcpStream> = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                while slow.len() < 4 {
+                    if let Ok(stream) = TcpStream::connect_timeout(&dns, Duration::from_secs(1)) {
+                        slow.push(stream);
+                    }
+                }
+                slow.retain_mut(|s| s.write_all(&[rng.u8(..)]).is_ok());
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        }));
+    }
+
+    let started = Instant::now();
+    let mut slowest = Duration::ZERO;
+    let mut most_sockets = 0;
+    let mut probes = 0;
+    while started.elapsed() < length {
+        let asked = Instant::now();
+        let reply = try_udp(dns, &probe, Duration::from_secs(1));
+        let took = asked.elapsed();
+        assert_eq!(
+            reply.map(|r| r.answers.len()),
+            Some(2),
+            "probe {probes} at {:?}",
+            started.elapsed()
+        );
+        slowest = slowest.max(took);
+        most_sockets = most_sockets.max(sockets_of(server.pid()));
+        probes += 1;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for worker in workers {
+        worker.join().expect("a load thread");
+    }
+    let rss_after = server.rss_kib();
+    println!(
+        "hostile load for {length:?}: {} random names sent, {} TCP connections closed at the cap, \
+         {probes} probes, slowest {slowest:?}, sockets {sockets_before} -> at most {most_sockets} \
+         (cap {MAX}), RSS {rss_before} -> {rss_after} KiB",
+        sent.load(Ordering::Relaxed),
+        refused.load(Ordering::Relaxed),
+    );
+    assert!(
+        slowest < Duration::from_millis(50),
+        "a probe took {slowest:?}"
+    );
+    assert!(
+        refused.load(Ordering::Relaxed) > 0,
+        "the storms never reached the cap"
+    );
+    // The cap, plus the sockets the server had anyway (listeners, Consul);
+    // a few more for Consul connections opened meanwhile.
+    assert!(
+        most_sockets <= sockets_before + MAX + 4,
+        "{most_sockets} sockets open (cap {MAX}, {sockets_before} before)"
+    );
+    assert!(
+        rss_after * 10 <= rss_before * 12,
+        "RSS grew from {rss_before} to {rss_after} KiB"
+    );
+}
