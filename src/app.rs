@@ -124,6 +124,8 @@ fn restart_keys(old: &Config, new: &Config) -> Vec<&'static str> {
         ("consul.datacenter", o.datacenter != n.datacenter),
         ("consul.token_file", o.token_file != n.token_file),
         ("consul.ca_file", o.ca_file != n.ca_file),
+        ("consul.cert_file", o.cert_file != n.cert_file),
+        ("consul.key_file", o.key_file != n.key_file),
         ("consul.wait", o.wait != n.wait),
         ("consul.stale", o.stale != n.stale),
         ("consul.timeout", o.timeout != n.timeout),

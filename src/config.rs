@@ -175,6 +175,12 @@ pub struct ConsulConfig {
     pub token_file: String,
     /// A PEM CA bundle for HTTPS.
     pub ca_file: String,
+    /// A PEM client certificate for HTTPS, for agents that verify
+    /// incoming connections (`tls.https.verify_incoming`); with
+    /// `key_file`.
+    pub cert_file: String,
+    /// The PEM private key of `cert_file`.
+    pub key_file: String,
     /// The blocking-query wait.
     #[serde(with = "duration")]
     pub wait: Duration,
@@ -215,6 +221,8 @@ impl Default for ConsulConfig {
             datacenter: String::new(),
             token_file: String::new(),
             ca_file: String::new(),
+            cert_file: String::new(),
+            key_file: String::new(),
             wait: Duration::from_secs(300),
             stale: true,
             max_stale: Duration::from_secs(72 * 3600),
@@ -635,6 +643,25 @@ impl Config {
             ));
         }
         check_url(&self.consul.address).map_err(|m| invalid("consul.address", m))?;
+        match (
+            self.consul.cert_file.is_empty(),
+            self.consul.key_file.is_empty(),
+        ) {
+            (false, true) => {
+                return Err(invalid(
+                    "consul.key_file",
+                    "is empty while consul.cert_file is set; give the certificate's private key"
+                        .into(),
+                ));
+            }
+            (true, false) => {
+                return Err(invalid(
+                    "consul.cert_file",
+                    "is empty while consul.key_file is set; give the client certificate".into(),
+                ));
+            }
+            _ => {}
+        }
         for (i, dc) in self.consul.datacenters.iter().enumerate() {
             if dc.name.is_empty() {
                 return Err(invalid(
@@ -1142,6 +1169,25 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("dns.allow: \"localhost\""), "{e}");
+    }
+
+    #[test]
+    fn a_client_certificate_needs_its_key_and_the_key_its_certificate() {
+        let e = parse("[consul]\ncert_file = \"/etc/c.pem\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("consul.key_file: is empty while consul.cert_file is set"),
+            "{e}"
+        );
+        let e = parse("[consul]\nkey_file = \"/etc/k.pem\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("consul.cert_file: is empty while consul.key_file is set"),
+            "{e}"
+        );
+        assert!(parse("[consul]\ncert_file = \"c\"\nkey_file = \"k\"\n").is_ok());
     }
 
     #[test]

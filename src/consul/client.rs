@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::header::HeaderValue;
-use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::time::Instant;
 use url::Url;
 
@@ -169,6 +169,9 @@ impl ConsulClient {
     /// - Extra CA certificates come from `consul.ca_file`, else
     ///   `CONSUL_CACERT`; `CONSUL_HTTP_SSL_VERIFY=false` turns certificate
     ///   checks off.
+    /// - A client certificate (for agents with `verify_incoming`) comes
+    ///   from `consul.cert_file` and `consul.key_file`, else
+    ///   `CONSUL_CLIENT_CERT` and `CONSUL_CLIENT_KEY`.
     pub fn with_env(
         config: &ConsulConfig,
         env: impl Fn(&str) -> Option<String>,
@@ -208,13 +211,30 @@ impl ConsulClient {
             Some((path, origin)) => load_ca(Path::new(&path), origin)?,
             None => Vec::new(),
         };
+        let identity = match (config.cert_file.is_empty(), config.key_file.is_empty()) {
+            (false, false) => Some((
+                (config.cert_file.clone(), "consul.cert_file"),
+                (config.key_file.clone(), "consul.key_file"),
+            )),
+            _ => match (env("CONSUL_CLIENT_CERT"), env("CONSUL_CLIENT_KEY")) {
+                (Some(cert), Some(key)) => {
+                    Some(((cert, "CONSUL_CLIENT_CERT"), (key, "CONSUL_CLIENT_KEY")))
+                }
+                _ => None,
+            },
+        };
+        let identity = identity
+            .map(|((cert, cert_origin), (key, key_origin))| {
+                load_identity(Path::new(&cert), cert_origin, Path::new(&key), key_origin)
+            })
+            .transpose()?;
         let verify = env("CONSUL_HTTP_SSL_VERIFY").is_none_or(|v| parse_bool(&v) != Some(false));
         if !verify {
             tracing::warn!(
                 "CONSUL_HTTP_SSL_VERIFY=false: Consul's TLS certificates are not checked"
             );
         }
-        let connector = Connector::new(tls_config(roots, verify)?, config.timeout);
+        let connector = Connector::new(tls_config(roots, verify, identity)?, config.timeout);
         let transport = Transport::new(connector, config.http2, config.max_connections);
         Ok(Self {
             transport,
@@ -851,31 +871,79 @@ fn load_ca(path: &Path, origin: &str) -> Result<Vec<CertificateDer<'static>>, Co
     Ok(certificates)
 }
 
-/// The TLS settings of HTTP/2 connections: the web's public roots plus
-/// `extra`, or no certificate check at all when `verify` is off.
+/// A client certificate chain and its private key, from PEM files.
+type Identity = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
+
+/// Loads the client certificate chain and its key; errors name the file
+/// and where it was configured.
+fn load_identity(
+    cert: &Path,
+    cert_origin: &str,
+    key: &Path,
+    key_origin: &str,
+) -> Result<Identity, ConsulError> {
+    let error = |path: &Path, origin: &str, reason: String| ConsulError::CertFile {
+        path: path.to_owned(),
+        reason: format!("{reason} ({origin})"),
+    };
+    let pem =
+        std::fs::read(cert).map_err(|e| error(cert, cert_origin, format!("cannot read: {e}")))?;
+    let chain = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| error(cert, cert_origin, format!("not a PEM certificate: {e}")))?;
+    if chain.is_empty() {
+        return Err(error(
+            cert,
+            cert_origin,
+            "holds no PEM certificate".to_owned(),
+        ));
+    }
+    let pem =
+        std::fs::read(key).map_err(|e| error(key, key_origin, format!("cannot read: {e}")))?;
+    // The key's bytes never go into an error.
+    let key_der = PrivateKeyDer::from_pem_slice(&pem).map_err(|_| {
+        error(
+            key,
+            key_origin,
+            "holds no PEM private key (PKCS#8, PKCS#1 or SEC1)".to_owned(),
+        )
+    })?;
+    Ok((chain, key_der))
+}
+
+/// The TLS settings of HTTPS connections: the web's public roots plus
+/// `extra`, or no certificate check at all when `verify` is off; the
+/// client certificate if given.
 fn tls_config(
     extra: Vec<CertificateDer<'static>>,
     verify: bool,
+    identity: Option<Identity>,
 ) -> Result<rustls::ClientConfig, ConsulError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
         .map_err(|e| ConsulError::Client(e.to_string()))?;
-    if !verify {
-        return Ok(builder
+    let builder = if verify {
+        let mut roots = rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        };
+        for certificate in extra {
+            roots
+                .add(certificate)
+                .map_err(|e| ConsulError::Client(format!("CA certificate: {e}")))?;
+        }
+        builder.with_root_certificates(roots)
+    } else {
+        builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
-            .with_no_client_auth());
-    }
-    let mut roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
-    for certificate in extra {
-        roots
-            .add(certificate)
-            .map_err(|e| ConsulError::Client(format!("CA certificate: {e}")))?;
+    match identity {
+        None => Ok(builder.with_no_client_auth()),
+        Some((chain, key)) => builder
+            .with_client_auth_cert(chain, key)
+            .map_err(|e| ConsulError::Client(format!("client certificate and key: {e}"))),
     }
-    Ok(builder.with_root_certificates(roots).with_no_client_auth())
 }
 
 /// Accepts any server certificate (`CONSUL_HTTP_SSL_VERIFY=false`), but
@@ -1653,6 +1721,93 @@ mod tests {
             }
             assert_eq!(writes[1].method, "PUT", "{:?}", writes[1]);
         }
+    }
+
+    #[tokio::test]
+    async fn a_client_certificate_is_presented_to_agents_that_verify_incoming() {
+        let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let sim = Sim::builder()
+            .dc("dc1", any)
+            .tls(true)
+            .verify_incoming(true)
+            .start()
+            .await
+            .unwrap();
+        let ca = temp_file(&sim.ca_pem().unwrap());
+        let (cert_pem, key_pem) = sim.client_cert_pem().unwrap();
+        let (cert, key) = (temp_file(&cert_pem), temp_file(&key_pem));
+        let base = ConsulConfig {
+            ca_file: ca.as_str().to_owned(),
+            ..testutil::config(&sim, "dc1").await
+        };
+        for http2 in [true, false] {
+            // Without a certificate the agent ends the handshake.
+            let bare = ConsulClient::with_env(
+                &ConsulConfig {
+                    http2,
+                    ..base.clone()
+                },
+                no_env,
+            )
+            .unwrap();
+            let refused = within(bare.catalog_services("dc1", 0)).await.unwrap_err();
+            assert!(refused.is_transport(), "{refused}");
+            // From the configuration, and from Consul's environment names.
+            let configured = ConsulClient::with_env(
+                &ConsulConfig {
+                    http2,
+                    cert_file: cert.as_str().to_owned(),
+                    key_file: key.as_str().to_owned(),
+                    ..base.clone()
+                },
+                no_env,
+            )
+            .unwrap();
+            within(configured.catalog_services("dc1", 0)).await.unwrap();
+            let from_env = ConsulClient::with_env(
+                &ConsulConfig {
+                    http2,
+                    ..base.clone()
+                },
+                env_of(&[
+                    ("CONSUL_CLIENT_CERT", cert.as_str()),
+                    ("CONSUL_CLIENT_KEY", key.as_str()),
+                ]),
+            )
+            .unwrap();
+            within(from_env.catalog_services("dc1", 0)).await.unwrap();
+        }
+        // Files that are not what they should be are named.
+        let junk = temp_file("not a key");
+        let error = ConsulClient::with_env(
+            &ConsulConfig {
+                cert_file: cert.as_str().to_owned(),
+                key_file: junk.as_str().to_owned(),
+                ..base.clone()
+            },
+            no_env,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.contains(junk.as_str()) && error.contains("consul.key_file"),
+            "{error}"
+        );
+        let error = ConsulClient::with_env(
+            &ConsulConfig {
+                cert_file: "/nonexistent/client.pem".into(),
+                key_file: key.as_str().to_owned(),
+                ..base
+            },
+            no_env,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.contains("/nonexistent/client.pem") && error.contains("consul.cert_file"),
+            "{error}"
+        );
+        assert!(!error.contains(&key_pem), "{error}");
     }
 
     #[tokio::test]

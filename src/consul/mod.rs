@@ -64,6 +64,14 @@ pub enum ConsulError {
         /// What is wrong.
         reason: String,
     },
+    /// The client certificate or its key cannot be used.
+    #[error("client certificate {}: {reason}", path.display())]
+    CertFile {
+        /// The file at fault.
+        path: PathBuf,
+        /// What is wrong (never the key itself).
+        reason: String,
+    },
     /// The HTTP client could not be built.
     #[error("cannot build the Consul HTTP client: {0}")]
     Client(String),
@@ -127,6 +135,7 @@ impl ConsulError {
             Self::Address { .. }
             | Self::Token { .. }
             | Self::CaFile { .. }
+            | Self::CertFile { .. }
             | Self::Client(_)
             | Self::Decode { .. } => false,
         }

@@ -326,6 +326,7 @@ pub struct SimBuilder {
     seed: Vec<RegisterRequest>,
     translate_wan_addrs: bool,
     tls: bool,
+    verify_incoming: bool,
     max_conns_per_client: Option<usize>,
     check_reap_interval: Option<Duration>,
     check_deregister_interval_min: Option<Duration>,
@@ -369,6 +370,15 @@ impl SimBuilder {
     /// otherwise.
     pub fn tls(mut self, on: bool) -> Self {
         self.tls = on;
+        self
+    }
+
+    /// With [`tls`](Self::tls), makes the listeners require a client
+    /// certificate signed by the simulator's CA, as Consul's
+    /// `tls.https.verify_incoming` does ([`Sim::client_cert_pem`] gives
+    /// one).
+    pub fn verify_incoming(mut self, on: bool) -> Self {
+        self.verify_incoming = on;
         self
     }
 
@@ -438,7 +448,7 @@ impl SimBuilder {
         let tls = if self.tls {
             let names: Vec<String> = dcs.iter().map(|d| d.name.clone()).collect();
             let ips: Vec<IpAddr> = dcs.iter().map(|d| d.server_addr).collect();
-            Some(Tls::generate(&names, &ips)?)
+            Some(Tls::generate(&names, &ips, self.verify_incoming)?)
         } else {
             None
         };
@@ -695,6 +705,13 @@ impl Sim {
     /// clients to trust (`CONSUL_CACERT`); `None` without TLS.
     pub fn ca_pem(&self) -> Option<String> {
         self.inner.tls.as_ref().map(|t| t.ca_pem.clone())
+    }
+
+    /// A client certificate and its key (PEM) signed by the simulator's
+    /// CA, for listeners with [`SimBuilder::verify_incoming`]; `None`
+    /// without TLS.
+    pub fn client_cert_pem(&self) -> Option<(String, String)> {
+        self.inner.tls.as_ref().map(|t| t.client_pem.clone())
     }
 
     /// Sets `limits.http_max_conns_per_client` on every listener (0: no

@@ -39,6 +39,10 @@ pub(crate) struct Tls {
     pub(crate) ca_pem: String,
     /// Accepts TLS connections with the server certificate.
     pub(crate) acceptor: TlsAcceptor,
+    /// A client certificate the CA signed and its key (PEM), as
+    /// `consul tls cert create -client` makes: for clients of listeners
+    /// that verify incoming connections.
+    pub(crate) client_pem: (String, String),
 }
 
 impl Tls {
@@ -46,7 +50,15 @@ impl Tls {
     /// of each of `dcs`, `localhost`, `127.0.0.1`, `::1` and `ips`
     /// (unspecified ones left out), and the rustls server configuration
     /// (ring provider, TLS 1.2 and 1.3, ALPN `h2` then `http/1.1`).
-    pub(crate) fn generate(dcs: &[String], ips: &[IpAddr]) -> Result<Self, String> {
+    ///
+    /// With `verify_incoming` (Consul's `tls.https.verify_incoming`), a
+    /// client must present a certificate the CA signed, or the handshake
+    /// fails.
+    pub(crate) fn generate(
+        dcs: &[String],
+        ips: &[IpAddr],
+        verify_incoming: bool,
+    ) -> Result<Self, String> {
         let fail = |e: rcgen::Error| format!("cannot make the simulator's certificates: {e}");
 
         let mut ca_params = CertificateParams::new(Vec::new()).map_err(fail)?;
@@ -102,20 +114,52 @@ impl Tls {
         let key = KeyPair::generate().map_err(fail)?;
         let cert = params.signed_by(&key, &issuer).map_err(fail)?;
 
+        // `client.<dc>.consul`, client authentication only.
+        let client_name = dcs.iter().find(label).map_or_else(
+            || "client.consul".to_owned(),
+            |dc| format!("client.{dc}.consul"),
+        );
+        let mut client_params = CertificateParams::new(vec![client_name.clone()]).map_err(fail)?;
+        client_params
+            .distinguished_name
+            .push(DnType::CommonName, client_name);
+        client_params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        client_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let client_key = KeyPair::generate().map_err(fail)?;
+        let client_cert = client_params
+            .signed_by(&client_key, &issuer)
+            .map_err(fail)?;
+
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = ServerConfig::builder_with_provider(provider)
+        let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
             .with_safe_default_protocol_versions()
-            .and_then(|b| {
-                b.with_no_client_auth().with_single_cert(
-                    vec![cert.der().clone()],
-                    PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-                )
-            })
+            .map_err(|e| format!("cannot configure TLS: {e}"))?;
+        let builder = if verify_incoming {
+            let mut roots = rustls::RootCertStore::empty();
+            roots
+                .add(ca_cert.der().clone())
+                .map_err(|e| format!("cannot trust the simulator's CA: {e}"))?;
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .map_err(|e| format!("cannot verify client certificates: {e}"))?;
+            builder.with_client_cert_verifier(verifier)
+        } else {
+            builder.with_no_client_auth()
+        };
+        let mut config = builder
+            .with_single_cert(
+                vec![cert.der().clone()],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+            )
             .map_err(|e| format!("cannot configure TLS: {e}"))?;
         config.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP11.to_vec()];
         Ok(Self {
             ca_pem: ca_cert.pem(),
             acceptor: TlsAcceptor::from(Arc::new(config)),
+            client_pem: (client_cert.pem(), client_key.serialize_pem()),
         })
     }
 }

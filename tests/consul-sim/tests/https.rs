@@ -370,3 +370,58 @@ async fn stopped_https_listener_drops_streams_and_restarts() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn verify_incoming_requires_a_client_certificate_from_the_ca() {
+    let sim = Sim::builder()
+        .dc("dc1", ANY)
+        .tls(true)
+        .verify_incoming(true)
+        .start()
+        .await
+        .expect("simulator starts");
+    let url = format!("{}/v1/catalog/datacenters", sim.url("dc1").await);
+    let refused = trusting(&sim, false).get(&url).send().await;
+    assert!(
+        refused.is_err(),
+        "served without a client certificate: {refused:?}"
+    );
+    let (cert, key) = sim.client_cert_pem().expect("a client certificate");
+    let ca = sim.ca_pem().unwrap();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes()).unwrap())
+        .identity(reqwest::Identity::from_pem(format!("{cert}{key}").as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let reply = client.get(&url).send().await.expect("served with one");
+    assert_eq!(reply.status(), 200);
+    assert_eq!(reply.version(), Version::HTTP_2);
+    // A certificate from another simulator's CA is refused too.
+    let other = Sim::builder()
+        .dc("dc1", ANY)
+        .tls(true)
+        .start()
+        .await
+        .unwrap();
+    let (cert, key) = other.client_cert_pem().unwrap();
+    let stranger = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes()).unwrap())
+        .identity(reqwest::Identity::from_pem(format!("{cert}{key}").as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    assert!(stranger.get(&url).send().await.is_err());
+    // Without verify_incoming, no certificate is needed.
+    let open = start_tls(&["dc1"]).await;
+    let url = format!("{}/v1/catalog/datacenters", open.url("dc1").await);
+    assert_eq!(
+        trusting(&open, false)
+            .get(&url)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
