@@ -678,6 +678,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_http2_answer_past_the_body_cap_is_an_error_not_memory() {
+        // One byte more than the cap, in 1 MiB frames; the reader stops at
+        // the cap rather than holding it all.
+        let body = Bytes::from(vec![b' '; MAX_BODY + 1]);
+        let (mut sender, server) = http2_pair().await;
+        tokio::spawn(answer_with(server, body, 1 << 20));
+        let url = Url::parse("http://127.0.0.1:8500/v1/health/service/web").unwrap();
+        let outcome = tokio::time::timeout(
+            Duration::from_secs(60),
+            exchange(&mut sender, &url, Call::Get, None),
+        )
+        .await
+        .expect("the answer stalled");
+        let Err(Failure::Failed(error)) = outcome else {
+            panic!("an answer past the cap was taken");
+        };
+        let text = error.to_string();
+        assert!(
+            text.contains("larger than 67108864 bytes") && text.contains("/v1/health/service/web"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
     async fn an_http2_answer_in_one_frame_and_an_empty_one() {
         for body in [Bytes::from_static(b"[{\"Node\":{}}]"), Bytes::new()] {
             let (mut sender, server) = http2_pair().await;
