@@ -1004,6 +1004,8 @@ pub async fn serve(
 }
 
 mod fast;
+#[doc(hidden)]
+pub mod fuzzing;
 mod tcp;
 
 pub use tcp::TcpSettings;

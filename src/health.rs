@@ -136,8 +136,8 @@ impl Instance {
 }
 
 /// A test instance: `node` at `address`, port 3000, weights 10/1, a
-/// passing `serfHealth` node check and a `service:svc` check in `status`.
-#[cfg(test)]
+/// passing `serfHealth` node check and a `service:svc` check in `status`
+/// (for the tests and the fuzz target).
 pub(crate) fn test_instance(node: &str, address: &str, status: CheckStatus) -> Instance {
     Instance {
         node: Arc::new(NodeInfo {

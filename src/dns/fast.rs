@@ -328,14 +328,14 @@ struct Variant {
 /// A thread's responses for the current view generation: two segments,
 /// so a full cache drops what was not asked for lately rather than
 /// everything.
-struct Cache {
+pub(super) struct Cache {
     generation: u64,
     recent: FxHashMap<Box<[u8]>, Entry>,
     older: FxHashMap<Box<[u8]>, Entry>,
 }
 
 impl Cache {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         Self {
             generation: u64::MAX,
             // Full size from the start and never reallocated: a flood of
@@ -346,7 +346,7 @@ impl Cache {
     }
 
     /// Forgets everything when the view moved on.
-    fn follow(&mut self, generation: u64) {
+    pub(super) fn follow(&mut self, generation: u64) {
         if generation != self.generation {
             self.recent.clear();
             self.older.clear();
@@ -355,7 +355,7 @@ impl Cache {
     }
 
     /// Writes the cached response to `packet` into `reply`, if there is one.
-    fn answer(
+    pub(super) fn answer(
         &mut self,
         packet: &[u8],
         serial: u32,
@@ -387,7 +387,7 @@ impl Cache {
     }
 
     /// Keeps a response to `packet`.
-    fn insert(&mut self, packet: &[u8], entry: Entry) {
+    pub(super) fn insert(&mut self, packet: &[u8], entry: Entry) {
         if packet.len() <= MAX_KEY {
             self.put(packet[2..].into(), entry);
         }
