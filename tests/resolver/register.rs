@@ -18,6 +18,16 @@ const WITHIN: Duration = Duration::from_secs(5);
 /// What the resolver logs once registered.
 const REGISTERED: &str = "registered in the local Consul agent";
 
+/// Asserts `server` logged `count` lines holding all of `needles`,
+/// giving a line written just after what the test saw 2 s to appear.
+fn assert_logged(server: &Server, needles: &[&str], count: usize) {
+    let seen = poll(Duration::from_secs(2), Duration::from_millis(10), || {
+        let n = server.log_lines(needles).len();
+        (n >= count).then_some(n)
+    });
+    assert_eq!(seen, Some(count), "{needles:?}:\n{}", server.logs());
+}
+
 /// The registered instance in dc1, once its check reports `status`: its
 /// node, tags, port, check ID and output.
 fn registered(
@@ -87,12 +97,7 @@ fn registers_in_the_local_agent_with_a_passing_health_check_and_deregisters_on_s
         service.address.is_empty(),
         "a loopback admin listener leaves the address to the node's: {service:?}"
     );
-    assert_eq!(
-        server.log_lines(&[REGISTERED]).len(),
-        1,
-        "{}",
-        server.logs()
-    );
+    assert_logged(&server, &[REGISTERED], 1);
 
     // The agent loses it (restarted without its data, or an operator):
     // the resolver notices within its check interval and registers again.
@@ -110,20 +115,8 @@ fn registers_in_the_local_agent_with_a_passing_health_check_and_deregisters_on_s
         registered(&federation, "passing")
     })
     .unwrap_or_else(|| panic!("not registered again within {WITHIN:?}"));
-    assert_eq!(
-        server.log_lines(&[REGISTERED]).len(),
-        2,
-        "{}",
-        server.logs()
-    );
-    assert_eq!(
-        server
-            .log_lines(&["no longer has", "registering it again"])
-            .len(),
-        1,
-        "{}",
-        server.logs()
-    );
+    assert_logged(&server, &[REGISTERED], 2);
+    assert_logged(&server, &["no longer has", "registering it again"], 1);
 
     // A clean stop takes it back.
     server.signal("TERM");
@@ -174,12 +167,7 @@ fn registration_waits_for_an_unreachable_agent_and_warns_once() {
             server.logs()
         )
     });
-    assert_eq!(
-        server.log_lines(&[REGISTERED]).len(),
-        1,
-        "{}",
-        server.logs()
-    );
+    assert_logged(&server, &[REGISTERED], 1);
 }
 
 /// Debian's `prometheus` is built without `consul_sd_configs` (its config
