@@ -159,6 +159,8 @@ fn wire_settings(config: &Config) -> WireSettings {
         udp_answer_limit: config.dns.udp_answer_limit,
         first_answer_wait: config.dns.first_answer_wait,
         upstream: config.dns.upstream.parse().ok(),
+        rate_limit: config.dns.rate_limit,
+        rate_limit_slip: config.dns.rate_limit_slip,
     }
 }
 

@@ -124,6 +124,11 @@ pub struct DnsConfig {
     /// The clients answered (CIDRs or addresses); others get REFUSED.
     /// Empty: every client.
     pub allow: Vec<String>,
+    /// UDP responses a second per client network (/24, /56); 0: no limit.
+    pub rate_limit: u32,
+    /// Every this many responses over the limit, one goes out truncated
+    /// so a real client retries over TCP; 0: all dropped.
+    pub rate_limit_slip: u32,
     /// Serve UDP with the fast path (a thread and socket per core, batched
     /// system calls, cached responses); `false`: hickory-server's loop.
     pub udp_fast_path: bool,
@@ -147,6 +152,8 @@ impl Default for DnsConfig {
             tcp_max_connections: 1024,
             upstream: String::new(),
             allow: Vec::new(),
+            rate_limit: 0,
+            rate_limit_slip: 2,
             udp_fast_path: true,
             udp_threads: 0,
         }

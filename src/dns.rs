@@ -56,6 +56,11 @@ pub struct WireSettings {
     /// Where names in the zone the resolver does not answer itself are
     /// relayed (`dns.upstream`, the Consul agent's DNS), if anywhere.
     pub upstream: Option<SocketAddr>,
+    /// UDP responses a second per client network (0: no limit).
+    pub rate_limit: u32,
+    /// Every this many responses over the limit, one goes out truncated
+    /// (0: all dropped).
+    pub rate_limit_slip: u32,
 }
 
 /// An answer, with the AA bit of a relayed one.
@@ -1006,6 +1011,7 @@ pub async fn serve(
 mod fast;
 #[doc(hidden)]
 pub mod fuzzing;
+mod ratelimit;
 mod tcp;
 
 pub use tcp::TcpSettings;

@@ -30,6 +30,7 @@ use nix::sys::socket::{ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage};
 use rustc_hash::FxHashMap;
 use socket2::{Domain, Socket, Type};
 
+use super::ratelimit::{self, Limiter, Verdict};
 use super::{DnsHandler, encode, unix_seconds};
 use crate::health::{
     Catalog, Data, Freshness, HealthLookup, HealthView, NodeInfo, ServiceHealth, ServiceKey,
@@ -154,6 +155,8 @@ impl Worker {
         let mut replies: Vec<Vec<u8>> = (0..BATCH).map(|_| Vec::with_capacity(1232)).collect();
         let mut destinations: Vec<Option<SockaddrStorage>> = Vec::with_capacity(BATCH);
         let mut cache = Cache::new();
+        let mut limiter = Limiter::default();
+        let mut warned_limit: Option<std::time::Instant> = None;
         let mut warned = false;
         while !self.stop.load(Ordering::Relaxed) {
             received.clear();
@@ -194,10 +197,13 @@ impl Worker {
             }
             cache.follow(self.handler.view.generation());
             let allow = self.handler.wire.allow.load();
+            let limits = self.handler.wire.get();
+            let now = std::time::Instant::now();
             let serial = unix_seconds();
             destinations.clear();
             let mut used = 0;
             let mut hits = 0;
+            let mut limited = 0_u64;
             for (at, (length, address)) in received
                 .iter()
                 .enumerate()
@@ -214,37 +220,66 @@ impl Worker {
                 let allowed = allow.is_empty()
                     || to_std(address).is_some_and(|source| super::allowed(&allow, source.ip()));
                 if allowed && cache.answer(packet, serial, reply, &self.handler.view) {
-                    destinations.push(Some(*address));
-                    used += 1;
                     hits += 1;
-                    continue;
-                }
-                let Some(source) = to_std(address) else {
-                    continue;
-                };
-                match self.handler.respond_now(packet, source) {
-                    Immediate::Ready { bytes, keep } => {
-                        if let Some(entry) = keep {
-                            cache.insert(packet, entry);
-                        }
-                        *reply = bytes;
-                        destinations.push(Some(*address));
-                        used += 1;
-                    }
-                    Immediate::Drop => {}
-                    Immediate::Later(request) => {
-                        let handler = Arc::clone(&self.handler);
-                        let socket = Arc::clone(&self.socket);
-                        self.runtime.spawn(async move {
-                            let prepared = handler.prepare(&request).await;
-                            handler.count(&request, &prepared);
-                            let bytes = encode(&request, &prepared);
-                            if !bytes.is_empty() {
-                                let _ = socket.send_to(&bytes, source);
+                } else {
+                    let Some(source) = to_std(address) else {
+                        continue;
+                    };
+                    match self.handler.respond_now(packet, source) {
+                        Immediate::Ready { bytes, keep } => {
+                            if let Some(entry) = keep {
+                                cache.insert(packet, entry);
                             }
-                        });
+                            *reply = bytes;
+                        }
+                        Immediate::Drop => continue,
+                        Immediate::Later(request) => {
+                            let handler = Arc::clone(&self.handler);
+                            let socket = Arc::clone(&self.socket);
+                            self.runtime.spawn(async move {
+                                let prepared = handler.prepare(&request).await;
+                                handler.count(&request, &prepared);
+                                let bytes = encode(&request, &prepared);
+                                if !bytes.is_empty() {
+                                    let _ = socket.send_to(&bytes, source);
+                                }
+                            });
+                            continue;
+                        }
                     }
                 }
+                // dns.rate_limit: over it, dropped, or every slip-th sent
+                // truncated.
+                if limits.rate_limit > 0 {
+                    let verdict = to_std(address).map_or(Verdict::Send, |source| {
+                        limiter.verdict(source.ip(), limits.rate_limit, limits.rate_limit_slip, now)
+                    });
+                    match verdict {
+                        Verdict::Send => {}
+                        Verdict::Slip => match ratelimit::slipped(reply) {
+                            Some(slip) => *reply = slip,
+                            None => {
+                                limited += 1;
+                                continue;
+                            }
+                        },
+                        Verdict::Drop => {
+                            limited += 1;
+                            continue;
+                        }
+                    }
+                }
+                destinations.push(Some(*address));
+                used += 1;
+            }
+            if limited > 0 && warned_limit.is_none_or(|at| at.elapsed() >= Duration::from_secs(60))
+            {
+                tracing::warn!(
+                    rate_limit = limits.rate_limit,
+                    dropped = limited,
+                    "UDP responses over dns.rate_limit dropped (every rate_limit_slip-th sent truncated)"
+                );
+                warned_limit = Some(std::time::Instant::now());
             }
             self.send(fd, &mut send, &replies[..used], &destinations);
             if hits > 0 {

@@ -93,6 +93,8 @@ impl Target {
                 udp_answer_limit: config.dns.udp_answer_limit,
                 first_answer_wait: std::time::Duration::from_millis(1),
                 upstream: None,
+                rate_limit: 0,
+                rate_limit_slip: 2,
             },
         );
         let runtime = tokio::runtime::Builder::new_current_thread()

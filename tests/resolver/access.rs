@@ -110,3 +110,70 @@ fn clients_outside_dns_allow_are_refused_until_a_reload_lets_them_in() {
     assert_eq!(answered.answers.len(), grafana.len());
     assert_eq!(tcp_from(outside, dns, name).answers.len(), grafana.len());
 }
+
+#[test]
+fn dns_rate_limit_drops_and_slips_past_the_rate_per_network() {
+    let net = Net::claim(160);
+    let federation = Federation::start(net);
+    let (grafana, _) = federation.grafana_everywhere(net);
+    let config = server_config(net, &federation, "").replacen(
+        "ttl = \"0s\"\n",
+        "ttl = \"0s\"\nrate_limit = 20\nrate_limit_slip = 2\n",
+        1,
+    );
+    let server = Server::start_with(net, &config);
+    let dns = server.dns();
+    let name = "grafana.query.consul";
+    // 200 queries at once from one client: 20 (the burst) answered, and of
+    // the rest about one in two sent truncated, the others dropped.
+    let socket = UdpSocket::bind((client_ip(net, 20), 0)).expect("bind");
+    socket
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .expect("timeout");
+    let started = std::time::Instant::now();
+    for id in 0..200u16 {
+        let mut q = query(name, RecordType::A);
+        q.metadata.id = id;
+        socket.send_to(&q.to_vec().unwrap(), dns).expect("send");
+    }
+    let (mut full, mut truncated) = (0, 0);
+    let mut buffer = [0u8; 4096];
+    while let Ok((n, _)) = socket.recv_from(&mut buffer) {
+        let reply = Message::from_vec(&buffer[..n]).expect("decodes");
+        if reply.metadata.truncation {
+            assert!(reply.answers.is_empty(), "{reply:?}");
+            assert_eq!(reply.queries.len(), 1, "the slip keeps the question");
+            truncated += 1;
+        } else {
+            assert_eq!(reply.answers.len(), grafana.len());
+            full += 1;
+        }
+    }
+    let took = started.elapsed().as_secs_f64();
+    println!(
+        "rate limit 20/s, slip 2: {full} answered, {truncated} truncated of 200 in {took:.2} s"
+    );
+    // The burst, plus what the rate earned while they were sent.
+    let earned = (took * 20.0).ceil() as usize;
+    assert!((20..=20 + earned).contains(&full), "{full} answered");
+    let over = 200 - full;
+    assert!(
+        truncated + 2 >= over / 2 && truncated <= over / 2 + 2,
+        "{truncated} truncated of {over} over the limit"
+    );
+    // TCP is never limited; another network is not this one's.
+    assert_eq!(
+        tcp_from(client_ip(net, 20), dns, name).answers.len(),
+        grafana.len()
+    );
+    let elsewhere = Ipv4Addr::new(127, 99, 0, 1);
+    assert_eq!(udp_from(elsewhere, dns, name).answers.len(), grafana.len());
+    assert!(
+        poll(Duration::from_secs(2), Duration::from_millis(20), || {
+            (!server.log_lines(&["over dns.rate_limit"]).is_empty()).then_some(())
+        })
+        .is_some(),
+        "{}",
+        server.logs()
+    );
+}

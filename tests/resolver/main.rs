@@ -22,7 +22,7 @@
 //! | `chaos` | random Consul faults under a steady query stream (`CHAOS_SECS`, `CHAOS_SEED`) | 80 |
 //! | `reload` | SIGHUP reloads (good and bad files), SIGTERM | 81–84 |
 //! | `observe` | metrics (promtool), `/v1/explain`, `explain`, `/v1/events` across a failover | 150–151 |
-//! | `access` | issue 8: `dns.allow` over UDP (cached answers too) and TCP, and its reload | 157 |
+//! | `access` | issue 8: `dns.allow` over UDP (cached answers too) and TCP, and its reload; `dns.rate_limit` with its slip | 157, 160 |
 //! | `tcp` | issue 8: the TCP connection cap, idle and slow clients, pipelining, 64 KiB messages; 30 s of hostile load (`HOSTILE_SECS`) | 155–156, 159 |
 //! | `register` | `[register]`: the resolver's own service and `/health` check in its agent; found and scraped the way the shipped consul_sd recipe does | 152–154 |
 //! | `recipes` | `config/` recipes: unbound (forward and stub zone), `named`, `dnsmasq` run as shipped through a failover; resolved, CoreDNS, Prometheus, Grafana files checked | 100–103 |

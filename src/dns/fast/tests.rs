@@ -138,6 +138,8 @@ pub(super) fn handler(view: &Arc<HealthView>, metrics: Metrics) -> DnsHandler {
             udp_answer_limit: config.dns.udp_answer_limit,
             first_answer_wait: config.dns.first_answer_wait,
             upstream: None,
+            rate_limit: config.dns.rate_limit,
+            rate_limit_slip: config.dns.rate_limit_slip,
         },
     )
 }
