@@ -625,6 +625,19 @@ mod tests {
     }
 
     #[test]
+    fn unknown_fields_are_accepted() {
+        let i = one(json!({
+            "Node": {"Node": "n1", "Address": "10.0.0.1", "Future": {"x": [1, 2]}},
+            "Service": {"ID": "web-1", "Service": "web", "Port": 80, "Locality": {"Region": "r"}},
+            "Checks": [{"CheckID": "serfHealth", "Status": "passing", "Definition": {}}],
+            "Extra": true
+        }));
+        assert_eq!(i.lan.v4, v4("10.0.0.1"));
+        assert_eq!(i.port, 80);
+        assert_eq!(i.checks.len(), 1);
+    }
+
+    #[test]
     fn unknown_check_statuses_are_critical() {
         let i = one(
             json!({"Checks": [{"CheckID": "_node_maintenance", "Status": "maintenance"},

@@ -1418,6 +1418,50 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_trickling_answer_times_out_within_the_bound() {
+        // A server that sends its head at once, then a byte of its body
+        // every 50 ms: the whole exchange is bounded, not each read.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            while let Ok((mut stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut request = [0u8; 2048];
+                    let _ = stream.read(&mut request).await;
+                    let head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
+                                X-Consul-Index: 9\r\nContent-Length: 100000\r\n\r\n[";
+                    let _ = stream.write_all(head.as_bytes()).await;
+                    loop {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        if stream.write_all(b" ").await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        let config = ConsulConfig {
+            address: format!("http://{address}"),
+            datacenter: "dc1".into(),
+            timeout: Duration::from_millis(400),
+            ..ConsulConfig::default()
+        };
+        let client = ConsulClient::with_env(&config, no_env).unwrap();
+        let started = Instant::now();
+        let error = within(client.service_health("dc1", "web", 0, false))
+            .await
+            .unwrap_err();
+        let took = started.elapsed();
+        assert!(matches!(error, ConsulError::Timeout { .. }), "{error}");
+        assert!(error.to_string().contains(&address.to_string()), "{error}");
+        assert!(
+            took >= Duration::from_millis(400) && took < Duration::from_secs(2),
+            "{took:?}"
+        );
+    }
+
+    #[tokio::test]
     async fn direct_datacenter_addresses_come_first_then_the_agent() {
         let sim = Sim::start(&["dc1", "dc2"]).await.unwrap();
         testutil::register(&sim, "dc2", "n1", "10.2.0.1", "web", "passing");

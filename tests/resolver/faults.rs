@@ -690,7 +690,7 @@ fn malformed_consul_answers_keep_the_last_good_data_and_are_logged_once() {
     let name = "grafana.query.consul";
     let (answer, _) = must_ask(dns, name, true);
     assert!(is_addresses(&answer, &all), "{answer:?}");
-    let cases: [(&str, u16, &str); 6] = [
+    let cases: [(&str, u16, &str); 8] = [
         ("not JSON", 200, "{\"Node\": {\"Node\": \"grafana-1\""),
         (
             "wrong types",
@@ -709,6 +709,12 @@ fn malformed_consul_answers_keep_the_last_good_data_and_are_logged_once() {
             502,
             "<html><body>502 Bad Gateway</body></html>",
         ),
+        (
+            "a 429",
+            429,
+            "Your IP is issuing too many concurrent connections, please rate limit your calls\n",
+        ),
+        ("a 500", 500, "rpc error making call: i/o deadline reached"),
     ];
     for (round, (what, status, body)) in cases.into_iter().enumerate() {
         let before = server.logs().lines().count();
