@@ -376,10 +376,7 @@ pub(super) async fn read_h2_body(
         let _ = body.flow_control().release_capacity(chunk.len());
         held += chunk.len();
         if held > MAX_BODY {
-            return Err(Failure::Failed(ConsulError::Transport {
-                url: shown_url(url),
-                reason: format!("the answer is larger than {MAX_BODY} bytes"),
-            }));
+            return Err(Failure::Failed(too_large(url)));
         }
         match &first {
             None => first = Some(chunk),
@@ -401,6 +398,14 @@ pub(super) async fn read_h2_body(
         headers: parts.headers,
         body,
     })
+}
+
+/// An answer whose body passed [`MAX_BODY`].
+fn too_large(url: &Url) -> ConsulError {
+    ConsulError::Transport {
+        url: shown_url(url),
+        reason: format!("the answer is larger than {MAX_BODY} bytes"),
+    }
 }
 
 /// An HTTP/2 error once the request went out: unsent if the server
@@ -452,7 +457,13 @@ async fn exchange_h1(
     let body = Limited::new(body, MAX_BODY)
         .collect()
         .await
-        .map_err(|e| transport(url, &*e))?
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                too_large(url)
+            } else {
+                transport(url, &*e)
+            }
+        })?
         .to_bytes();
     Ok(Answer {
         status: parts.status,

@@ -771,6 +771,49 @@ fn malformed_consul_answers_keep_the_last_good_data_and_are_logged_once() {
             is_addresses(a, &all)
         });
     }
+
+    // An answer past the 64 MiB body cap, twice: refused unread past the
+    // cap, the last good data kept, one log line.
+    let before = server.logs().lines().count();
+    let huge = format!("[{}]", " ".repeat(64 << 20));
+    federation.sim.fail_next(
+        "dc1",
+        2,
+        200,
+        Some(&huge),
+        Some("/v1/health/service/grafana"),
+    );
+    federation.set_check("dc1", "grafana-3", &check, WARNING);
+    let samples = sample(
+        dns,
+        &[name],
+        Duration::from_millis(1500),
+        Duration::from_millis(20),
+    );
+    let slowest = assert_prompt(&samples, "past the body cap");
+    let wrong = rejected(&samples, |_, a| is_addresses(a, &all));
+    assert!(
+        wrong.is_empty(),
+        "past the body cap: {:?}",
+        &wrong[..wrong.len().min(5)]
+    );
+    let logs = server.logs();
+    let new: Vec<&str> = logs
+        .lines()
+        .skip(before)
+        .filter(|l| l.contains("grafana") && l.contains("dc1"))
+        .collect();
+    println!(
+        "past the body cap: slowest {}, logged {new:#?}",
+        ms(slowest)
+    );
+    // One warning for both refusals (and, once reads succeed again, the
+    // watch's recovery).
+    let refused = new
+        .iter()
+        .filter(|l| l.contains("the answer is larger than 67108864 bytes"))
+        .count();
+    assert_eq!(refused, 1, "past the body cap: want one log line");
 }
 
 /// Milliseconds since the Unix epoch at `instant` (for the simulator's
