@@ -816,6 +816,76 @@ fn malformed_consul_answers_keep_the_last_good_data_and_are_logged_once() {
     assert_eq!(refused, 1, "past the body cap: want one log line");
 }
 
+/// Issue 8: a Consul that sends its answers' heads at once and their
+/// bodies a byte at a time (a trickling server or proxy). Reads time out
+/// within their bound; grafana keeps its last good answer throughout, and
+/// the watch's failure is logged once.
+#[test]
+fn a_trickling_consul_times_out_and_the_last_good_data_stays() {
+    let net = Net::claim(161);
+    let federation = Federation::start(net);
+    let check = Instance::check_id("grafana");
+    let all = federation.register_service(
+        "dc1",
+        "grafana",
+        &[net.instance(1, 1), net.instance(1, 2), net.instance(1, 3)],
+    );
+    federation.register_service("dc2", "grafana", &[net.instance(2, 1)]);
+    let server = Server::start_with(
+        net,
+        &fault_server_config(net, &federation.url("dc1"), "timeout = \"500ms\"", GRAFANA),
+    );
+    let dns = server.dns();
+    let name = "grafana.query.consul";
+    let (answer, _) = must_ask(dns, name, true);
+    assert!(is_addresses(&answer, &all), "{answer:?}");
+
+    let before = server.logs().lines().count();
+    federation
+        .sim
+        .trickle("dc1", Some(Duration::from_millis(100)));
+    // A change wakes the blocked read; its answer then trickles, and the
+    // read's bound (wait + wait/16 + timeout, 5.8 s) ends it.
+    federation.set_check("dc1", "grafana-3", &check, WARNING);
+    let samples = sample(
+        dns,
+        &[name],
+        Duration::from_secs(8),
+        Duration::from_millis(50),
+    );
+    let slowest = assert_prompt(&samples, "trickling Consul");
+    let wrong = rejected(&samples, |_, a| is_addresses(a, &all));
+    assert!(
+        wrong.is_empty(),
+        "trickling Consul: {name} must keep {all:?}: {:?}",
+        &wrong[..wrong.len().min(5)]
+    );
+    let logs = server.logs();
+    let failed: Vec<&str> = logs
+        .lines()
+        .skip(before)
+        .filter(|l| l.contains("watch failed") && l.contains("grafana") && l.contains("dc1"))
+        .collect();
+    println!(
+        "trickling Consul: {} answers, slowest {}, logged {failed:#?}",
+        samples.len(),
+        ms(slowest)
+    );
+    assert_eq!(
+        failed.len(),
+        1,
+        "want one log line for grafana in dc1:\n{logs}"
+    );
+
+    federation.sim.trickle("dc1", None);
+    let lifted = Instant::now();
+    federation.set_check("dc1", "grafana-1", &check, CRITICAL);
+    let (took, _) = expect_within(dns, name, lifted, RECOVER_WITHIN, "trickle lifted", |a| {
+        is_addresses(a, &all[1..])
+    });
+    println!("trickle lifted: a change showed after {}", ms(took));
+}
+
 /// Milliseconds since the Unix epoch at `instant` (for the simulator's
 /// request timestamps).
 fn unix_ms_at(instant: Instant) -> u128 {

@@ -18,7 +18,7 @@
 //! | `flood` | 100,000 random names through `dnsperf` | 45 |
 //! | `forwarders` (SRV) | SRV targets through unbound | 46 |
 //! | `upstream` | `dns.upstream` relaying to dnsmasq, and a silent upstream | 60–61 |
-//! | `faults` | issue 5: Consul down, hung, slow, failing, leaderless, rewound, forbidden; stale and unknown data; `failback_after`, `on_all_unhealthy`; start-up with Consul down; issue 8: malformed answers (not JSON, wrong types, `null`, HTML, 502) | 70–79, 158 |
+//! | `faults` | issue 5: Consul down, hung, slow, failing, leaderless, rewound, forbidden; stale and unknown data; `failback_after`, `on_all_unhealthy`; start-up with Consul down; issue 8: malformed answers (not JSON, wrong types, `null`, HTML, 502, 429, 500, past the body cap), a trickling Consul | 70–79, 158, 161 |
 //! | `chaos` | random Consul faults under a steady query stream (`CHAOS_SECS`, `CHAOS_SEED`) | 80 |
 //! | `reload` | SIGHUP reloads (good and bad files), SIGTERM | 81–84 |
 //! | `observe` | metrics (promtool), `/v1/explain`, `explain`, `/v1/events` across a failover | 150–151 |

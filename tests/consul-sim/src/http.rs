@@ -302,24 +302,78 @@ impl Drop for ConnectionSlot {
     }
 }
 
+/// An answer's body: whole, or trickled ([`crate::sim::Faults::trickle`]).
+type Body = http_body_util::Either<Full<Bytes>, Trickle>;
+
+/// A body sent one byte per interval.
+struct Trickle {
+    rest: Bytes,
+    every: Duration,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Trickle {
+    fn new(body: Bytes, every: Duration) -> Self {
+        Self {
+            rest: body,
+            every,
+            sleep: Box::pin(tokio::time::sleep(every)),
+        }
+    }
+}
+
+impl hyper::body::Body for Trickle {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        let this = self.get_mut();
+        if this.rest.is_empty() {
+            return std::task::Poll::Ready(None);
+        }
+        if this.sleep.as_mut().poll(cx).is_pending() {
+            return std::task::Poll::Pending;
+        }
+        let next = Instant::now() + this.every;
+        this.sleep.as_mut().reset(next);
+        let byte = this.rest.split_to(1);
+        std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(byte))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.rest.is_empty()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact(self.rest.len() as u64)
+    }
+}
+
 async fn handle(
     sim: Weak<Inner>,
     dc: String,
     peer: SocketAddr,
     req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+) -> Result<Response<Body>, Infallible> {
+    let whole = |reply: Reply| reply.into_response().map(http_body_util::Either::Left);
     let Some(sim) = Sim::upgrade(&sim) else {
-        return Ok(Reply::text(503, "simulator shutting down").into_response());
+        return Ok(whole(Reply::text(503, "simulator shutting down")));
     };
     let (parts, body) = req.into_parts();
     let body = match http_body_util::Limited::new(body, MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) => {
-            return Ok(Reply::text(400, format!("Request decode failed: {e}")).into_response());
+            return Ok(whole(Reply::text(
+                400,
+                format!("Request decode failed: {e}"),
+            )));
         }
     };
     let Some(listener) = sim.dc(&dc).cloned() else {
-        return Ok(Reply::text(500, "unknown listener").into_response());
+        return Ok(whole(Reply::text(500, "unknown listener")));
     };
     let req = Req {
         method: parts.method,
@@ -363,7 +417,20 @@ async fn handle(
     } else {
         reply
     };
-    Ok(reply.into_response())
+    let trickle = if req.path.starts_with("/_sim/") {
+        None
+    } else {
+        req.listener.faults().trickle
+    };
+    Ok(match trickle {
+        None => whole(reply),
+        Some(every) => {
+            let body = reply.body.clone();
+            reply
+                .into_response()
+                .map(|_| http_body_util::Either::Right(Trickle::new(body, every)))
+        }
+    })
 }
 
 /// Applies `translate_wan_addrs` to instances from datacenter `dc` read
@@ -1582,6 +1649,11 @@ async fn sim_api(sim: &Sim, req: &Req) -> Reply {
             (Method::PUT, "delay") => {
                 let ms = number("ms", 0)?;
                 sim.set_delay(&dc, (ms > 0).then(|| Duration::from_millis(ms)));
+                Ok(ok())
+            }
+            (Method::PUT, "trickle") => {
+                let ms = number("ms", 0)?;
+                sim.trickle(&dc, (ms > 0).then(|| Duration::from_millis(ms)));
                 Ok(ok())
             }
             (Method::POST, "hang") => {

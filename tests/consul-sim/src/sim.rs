@@ -78,6 +78,9 @@ pub struct Faults {
     pub fail: Vec<FailRule>,
     /// A delay before every answer.
     pub delay: Option<Duration>,
+    /// Answers' bodies sent one byte per this interval (a trickling
+    /// server or proxy).
+    pub trickle: Option<Duration>,
     /// Whether answers are held until the hang is lifted.
     pub hang: bool,
 }
@@ -874,6 +877,15 @@ impl Sim {
     pub fn set_delay(&self, dc: &str, delay: Option<Duration>) {
         if let Some(d) = self.dc(dc) {
             d.change_faults(|f| f.delay = delay);
+        }
+    }
+
+    /// Sends the body of every Consul API answer from `dc`'s listener one
+    /// byte per `every`, its head at once (`None`: at once), as a
+    /// trickling server or proxy would.
+    pub fn trickle(&self, dc: &str, every: Option<Duration>) {
+        if let Some(d) = self.dc(dc) {
+            d.change_faults(|f| f.trickle = every);
         }
     }
 

@@ -1009,6 +1009,41 @@ async fn fail_next_requests() {
     assert_eq!(f.get("dc1", "/v1/health/service/web").await.status, 200);
 }
 
+/// Fault injection: a trickle sends the head at once and the body a byte
+/// at a time; the body arrives whole in the end.
+#[tokio::test]
+async fn trickle() {
+    let f = Fixture::start(&["dc1"]).await;
+    let whole = f.get("dc1", "/v1/catalog/services").await.body;
+    f.sim.trickle("dc1", Some(Duration::from_millis(5)));
+    let url = format!("{}/v1/catalog/services", f.sim.url("dc1").await);
+    let start = Instant::now();
+    let reply = f.http.get(&url).send().await.unwrap();
+    let head = start.elapsed();
+    assert_eq!(reply.status(), 200);
+    assert!(reply.headers().contains_key("x-consul-index"));
+    let body = reply.text().await.unwrap();
+    let took = start.elapsed();
+    assert_eq!(body, whole);
+    let least = Duration::from_millis(5) * u32::try_from(whole.len() - 1).unwrap();
+    assert!(took >= least, "{} bytes in {took:?}", whole.len());
+    assert!(head < least, "the head waited for the body: {head:?}");
+    // Lifted through the HTTP API too.
+    let lifted = f
+        .http
+        .put(format!(
+            "{}/_sim/dc/dc1/trickle?ms=0",
+            f.sim.url("dc1").await
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(lifted.status(), 200);
+    let start = Instant::now();
+    assert_eq!(f.get("dc1", "/v1/catalog/services").await.body, whole);
+    assert!(start.elapsed() < least);
+}
+
 /// Fault injection: delays and hangs hold answers; lifting a hang releases
 /// them.
 #[tokio::test]
