@@ -667,15 +667,11 @@ fn error_bursts_answers_keep_coming() {
     println!("after the 429s and 503s: a change showed in {}", ms(took));
 }
 
-/// Issue 8: answers a Consul (or a proxy before it) should never give.
-/// Each, on every read of grafana in dc1, leaves grafana answered from the
-/// last good data, promptly, and is logged once, naming the datacenter
-/// and the service.
-#[test]
-fn malformed_consul_answers_keep_the_last_good_data_and_are_logged_once() {
-    let net = Net::claim(158);
+/// Grafana with three instances in dc1 and one in dc2, and a server of
+/// [`fault_server_config`] (`consul_extra` in `[consul]`) answering all
+/// three of dc1: the federation, the server, dc1's addresses.
+fn grafana_three_and_one(net: Net, consul_extra: &str) -> (Federation, Server, Vec<Ipv4Addr>) {
     let federation = Federation::start(net);
-    let check = Instance::check_id("grafana");
     let all = federation.register_service(
         "dc1",
         "grafana",
@@ -684,12 +680,25 @@ fn malformed_consul_answers_keep_the_last_good_data_and_are_logged_once() {
     federation.register_service("dc2", "grafana", &[net.instance(2, 1)]);
     let server = Server::start_with(
         net,
-        &fault_server_config(net, &federation.url("dc1"), "", GRAFANA),
+        &fault_server_config(net, &federation.url("dc1"), consul_extra, GRAFANA),
     );
-    let dns = server.dns();
-    let name = "grafana.query.consul";
-    let (answer, _) = must_ask(dns, name, true);
+    let (answer, _) = must_ask(server.dns(), "grafana.query.consul", true);
     assert!(is_addresses(&answer, &all), "{answer:?}");
+    (federation, server, all)
+}
+
+/// Issue 8: answers a Consul (or a proxy before it) should never give.
+/// Each, on every read of grafana in dc1, leaves grafana answered from the
+/// last good data, promptly, and is logged once, naming the datacenter
+/// and the service.
+#[test]
+fn malformed_consul_answers_keep_the_last_good_data_and_are_logged_once() {
+    let (federation, server, all) = grafana_three_and_one(Net::claim(158), "");
+    let (check, dns, name) = (
+        Instance::check_id("grafana"),
+        server.dns(),
+        "grafana.query.consul",
+    );
     let cases: [(&str, u16, &str); 8] = [
         ("not JSON", 200, "{\"Node\": {\"Node\": \"grafana-1\""),
         (
@@ -822,23 +831,12 @@ fn malformed_consul_answers_keep_the_last_good_data_and_are_logged_once() {
 /// the watch's failure is logged once.
 #[test]
 fn a_trickling_consul_times_out_and_the_last_good_data_stays() {
-    let net = Net::claim(161);
-    let federation = Federation::start(net);
-    let check = Instance::check_id("grafana");
-    let all = federation.register_service(
-        "dc1",
-        "grafana",
-        &[net.instance(1, 1), net.instance(1, 2), net.instance(1, 3)],
+    let (federation, server, all) = grafana_three_and_one(Net::claim(161), "timeout = \"500ms\"");
+    let (check, dns, name) = (
+        Instance::check_id("grafana"),
+        server.dns(),
+        "grafana.query.consul",
     );
-    federation.register_service("dc2", "grafana", &[net.instance(2, 1)]);
-    let server = Server::start_with(
-        net,
-        &fault_server_config(net, &federation.url("dc1"), "timeout = \"500ms\"", GRAFANA),
-    );
-    let dns = server.dns();
-    let name = "grafana.query.consul";
-    let (answer, _) = must_ask(dns, name, true);
-    assert!(is_addresses(&answer, &all), "{answer:?}");
 
     let before = server.logs().lines().count();
     federation
