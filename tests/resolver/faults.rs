@@ -687,6 +687,40 @@ fn grafana_three_and_one(net: Net, consul_extra: &str) -> (Federation, Server, V
     (federation, server, all)
 }
 
+/// Asks grafana every `every` for `length` and asserts each answer was
+/// prompt and the last good `all`; prints what happened and returns the
+/// log lines naming grafana and dc1 written after line `before`.
+fn keeps_last_good(
+    server: &Server,
+    all: &[Ipv4Addr],
+    what: &str,
+    (length, every): (Duration, Duration),
+    before: usize,
+) -> Vec<String> {
+    let name = "grafana.query.consul";
+    let samples = sample(server.dns(), &[name], length, every);
+    let slowest = assert_prompt(&samples, what);
+    let wrong = rejected(&samples, |_, a| is_addresses(a, all));
+    assert!(
+        wrong.is_empty(),
+        "{what}: {name} must keep its last good answer {all:?}: {:?}",
+        &wrong[..wrong.len().min(5)]
+    );
+    let new: Vec<String> = server
+        .logs()
+        .lines()
+        .skip(before)
+        .filter(|l| l.contains("grafana") && l.contains("dc1"))
+        .map(str::to_owned)
+        .collect();
+    println!(
+        "{what}: {} answers, slowest {}, logged {new:#?}",
+        samples.len(),
+        ms(slowest)
+    );
+    new
+}
+
 /// Issue 8: answers a Consul (or a proxy before it) should never give.
 /// Each, on every read of grafana in dc1, leaves grafana answered from the
 /// last good data, promptly, and is logged once, naming the datacenter
@@ -737,29 +771,12 @@ fn malformed_consul_answers_keep_the_last_good_data_and_are_logged_once() {
         // A change wakes the blocked watch; its reads now get `body`.
         let status_now = if round % 2 == 0 { WARNING } else { PASSING };
         federation.set_check("dc1", "grafana-3", &check, status_now);
-        let samples = sample(
-            dns,
-            &[name],
-            Duration::from_millis(1500),
-            Duration::from_millis(20),
-        );
-        let slowest = assert_prompt(&samples, what);
-        let wrong = rejected(&samples, |_, a| is_addresses(a, &all));
-        assert!(
-            wrong.is_empty(),
-            "{what}: {name} must keep its last good answer {all:?}: {:?}",
-            &wrong[..wrong.len().min(5)]
-        );
-        let logs = server.logs();
-        let new: Vec<&str> = logs
-            .lines()
-            .skip(before)
-            .filter(|l| l.contains("grafana") && l.contains("dc1"))
-            .collect();
-        println!(
-            "{what}: {} answers, slowest {}, logged {new:#?}",
-            samples.len(),
-            ms(slowest)
+        let new = keeps_last_good(
+            &server,
+            &all,
+            what,
+            (Duration::from_millis(1500), Duration::from_millis(20)),
+            before,
         );
         assert_eq!(
             new.len(),
@@ -793,28 +810,12 @@ fn malformed_consul_answers_keep_the_last_good_data_and_are_logged_once() {
         Some("/v1/health/service/grafana"),
     );
     federation.set_check("dc1", "grafana-3", &check, WARNING);
-    let samples = sample(
-        dns,
-        &[name],
-        Duration::from_millis(1500),
-        Duration::from_millis(20),
-    );
-    let slowest = assert_prompt(&samples, "past the body cap");
-    let wrong = rejected(&samples, |_, a| is_addresses(a, &all));
-    assert!(
-        wrong.is_empty(),
-        "past the body cap: {:?}",
-        &wrong[..wrong.len().min(5)]
-    );
-    let logs = server.logs();
-    let new: Vec<&str> = logs
-        .lines()
-        .skip(before)
-        .filter(|l| l.contains("grafana") && l.contains("dc1"))
-        .collect();
-    println!(
-        "past the body cap: slowest {}, logged {new:#?}",
-        ms(slowest)
+    let new = keeps_last_good(
+        &server,
+        &all,
+        "past the body cap",
+        (Duration::from_millis(1500), Duration::from_millis(20)),
+        before,
     );
     // One warning for both refusals (and, once reads succeed again, the
     // watch's recovery).
@@ -845,34 +846,21 @@ fn a_trickling_consul_times_out_and_the_last_good_data_stays() {
     // A change wakes the blocked read; its answer then trickles, and the
     // read's bound (wait + wait/16 + timeout, 5.8 s) ends it.
     federation.set_check("dc1", "grafana-3", &check, WARNING);
-    let samples = sample(
-        dns,
-        &[name],
-        Duration::from_secs(8),
-        Duration::from_millis(50),
-    );
-    let slowest = assert_prompt(&samples, "trickling Consul");
-    let wrong = rejected(&samples, |_, a| is_addresses(a, &all));
-    assert!(
-        wrong.is_empty(),
-        "trickling Consul: {name} must keep {all:?}: {:?}",
-        &wrong[..wrong.len().min(5)]
-    );
-    let logs = server.logs();
-    let failed: Vec<&str> = logs
-        .lines()
-        .skip(before)
-        .filter(|l| l.contains("watch failed") && l.contains("grafana") && l.contains("dc1"))
-        .collect();
-    println!(
-        "trickling Consul: {} answers, slowest {}, logged {failed:#?}",
-        samples.len(),
-        ms(slowest)
-    );
+    let failed: Vec<String> = keeps_last_good(
+        &server,
+        &all,
+        "trickling Consul",
+        (Duration::from_secs(8), Duration::from_millis(50)),
+        before,
+    )
+    .into_iter()
+    .filter(|l| l.contains("watch failed"))
+    .collect();
     assert_eq!(
         failed.len(),
         1,
-        "want one log line for grafana in dc1:\n{logs}"
+        "want one log line for grafana in dc1:\n{}",
+        server.logs()
     );
 
     federation.sim.trickle("dc1", None);
