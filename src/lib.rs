@@ -17,11 +17,14 @@
 //!   prepared ─┘   (Consul's prepared queries and templates, settled)
 //!                   │
 //!                   ▼
-//!                 dns     (hickory-server on UDP and TCP)
+//!                 dns     (UDP fast path with cached answers, TCP accept
+//!                   │      loop; hickory-server's UDP loop for comparison)
 //!                   │ other names in the zone
 //!                   ▼
 //!                 upstream (relay to dns.upstream, the Consul agent's DNS)
-//! admin (HTTP: /health /ready /metrics)     app (wiring)     demo
+//! admin (HTTP: /health /ready /metrics /v1/explain /v1/events)
+//! register (the resolver's own service in the local agent)
+//! app (wiring)     demo
 //! ```
 //!
 //! The Consul simulator the tests and the demo run against lives in
