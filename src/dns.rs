@@ -365,28 +365,77 @@ pub(crate) fn rcode_label(rcode: ResponseCode) -> &'static str {
     }
 }
 
-/// The question section as hickory-server writes it into responses: the
-/// request's own bytes (which keeps the client's 0x20 case), registered
-/// for name compression the same way, so sizes measured here match what
-/// is sent.
+/// The question section of our responses: the request's own bytes
+/// (which keeps the client's 0x20 case), with every suffix of the first
+/// name registered for compression, so the answers' owner names become
+/// pointers to it (`c00c` for the question name itself).
+///
+/// hickory-server's own question writer registers one candidate that
+/// spans the whole section, type and class included; no name ever
+/// matches it, and every response carried its first owner name in full.
 struct RawQuestion<'a> {
     bytes: &'a [u8],
     count: usize,
+    writer: Writer,
+}
+
+/// Who writes a response: [`encode`] (TCP and the UDP fast path), or
+/// hickory-server's UDP loop (`dns.udp_fast_path = false`), whose
+/// question writer gives no compression. Truncation measures the
+/// response the writer will send.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Writer {
+    /// [`encode`]: owner names point to the question.
+    Ours,
+    /// hickory-server's `MessageResponse`.
+    Hickory,
 }
 
 impl EmitAndCount for RawQuestion<'_> {
     fn emit(&mut self, encoder: &mut BinEncoder<'_>) -> Result<usize, ProtoError> {
         let start = encoder.offset();
         encoder.emit_vec(self.bytes)?;
-        if matches!(encoder.name_encoding(), NameEncoding::Compressed) && self.count > 0 {
-            encoder.store_label_pointer(start, start + self.bytes.len());
+        if !matches!(encoder.name_encoding(), NameEncoding::Compressed) || self.count == 0 {
+            return Ok(self.count);
+        }
+        match self.writer {
+            Writer::Ours => {
+                if let Some((labels, end)) = name_labels(self.bytes) {
+                    // As hickory-proto's name writer stores them: from a
+                    // label's start to just before the root's zero byte.
+                    for label in labels {
+                        encoder.store_label_pointer(start + label, start + end);
+                    }
+                }
+            }
+            Writer::Hickory => encoder.store_label_pointer(start, start + self.bytes.len()),
         }
         Ok(self.count)
     }
 }
 
+/// Where the labels of the uncompressed name at the start of `bytes`
+/// begin, and where its terminating zero is; `None` for a name with a
+/// pointer or a reserved label type, or one cut short.
+fn name_labels(bytes: &[u8]) -> Option<(Vec<usize>, usize)> {
+    let mut labels = Vec::new();
+    let mut at = 0;
+    loop {
+        let length = *bytes.get(at)?;
+        match length {
+            0 => return Some((labels, at)),
+            1..=63 if at + 1 + usize::from(length) < bytes.len() => {
+                labels.push(at);
+                at += 1 + usize::from(length);
+            }
+            _ => return None,
+        }
+    }
+}
+
 /// The encoded size of a response with these sections.
 fn encoded_len(
+    writer: Writer,
     metadata: &Metadata,
     request: &Request,
     answers: &[Record],
@@ -399,6 +448,7 @@ fn encoded_len(
     let mut queries = RawQuestion {
         bytes: request.queries.as_bytes(),
         count: request.queries.len(),
+        writer,
     };
     let result = emit_message_parts(
         metadata,
@@ -502,8 +552,8 @@ impl DnsHandler {
     }
 
     /// The response to a request, waiting for data or an upstream if the
-    /// answer needs them.
-    pub(crate) async fn prepare(&self, request: &Request) -> Prepared {
+    /// answer needs them, to be sent by `writer`.
+    pub(crate) async fn prepare(&self, request: &Request, writer: Writer) -> Prepared {
         let settings = self.wire.get();
         let question = match self.check(request, &settings) {
             Ok(question) => question,
@@ -511,7 +561,7 @@ impl DnsHandler {
         };
         let udp = request.protocol() == Protocol::Udp;
         let reply = self.answer(&question, !udp, request.edns.is_some()).await;
-        self.finish(request, &settings, reply)
+        self.finish(request, &settings, reply, writer)
     }
 
     /// The response to a request if one pass of the answer logic over
@@ -530,15 +580,25 @@ impl DnsHandler {
         match self.step(&question, view, &mut fastrand::Rng::new()) {
             Step::Done(answer) => {
                 let copy = reusable(&answer).then(|| answer.clone());
-                Some((self.finish(request, &settings, answer.into()), copy))
+                Some((
+                    self.finish(request, &settings, answer.into(), Writer::Ours),
+                    copy,
+                ))
             }
             Step::Wait(_) | Step::Forward(_) => None,
         }
     }
 
     /// Applies the protocol rules to an answer: header, Extended DNS
-    /// Error, the UDP answer limit and truncation to the client's size.
-    fn finish(&self, request: &Request, settings: &WireSettings, reply: Reply) -> Prepared {
+    /// Error, the UDP answer limit and truncation to the client's size,
+    /// as `writer` will encode the response.
+    fn finish(
+        &self,
+        request: &Request,
+        settings: &WireSettings,
+        reply: Reply,
+        writer: Writer,
+    ) -> Prepared {
         let Reply {
             mut answer,
             upstream_authoritative,
@@ -571,6 +631,7 @@ impl DnsHandler {
         // record stays, and TC is set when answers were cut.
         let size = |answers: usize, additionals: usize| {
             encoded_len(
+                writer,
                 &metadata,
                 request,
                 &answer.answers[..answers],
@@ -762,23 +823,26 @@ fn encode(request: &Request, prepared: &Prepared) -> Vec<u8> {
                 error_response(request, *code, edns.as_ref(), false, &none)
                     .destructive_emit(&mut encoder)
             }
+            .map(|_| ())
         }
         Prepared::Answer(response) => {
             encoder.set_max_size(size_limit(request, response.edns.as_ref()));
-            let mut builder = MessageResponseBuilder::from_message_request(request);
-            if let Some(e) = &response.edns {
-                builder.edns(e);
-            }
             let answer = &response.answer;
-            builder
-                .build(
-                    response.metadata,
-                    answer.answers.iter(),
-                    answer.authorities.iter(),
-                    std::iter::empty(),
-                    answer.additionals.iter(),
-                )
-                .destructive_emit(&mut encoder)
+            emit_message_parts(
+                &response.metadata,
+                &mut RawQuestion {
+                    bytes: request.queries.as_bytes(),
+                    count: request.queries.len(),
+                    writer: Writer::Ours,
+                },
+                &mut answer.answers.iter(),
+                &mut answer.authorities.iter(),
+                &mut answer.additionals.iter(),
+                response.edns.as_ref(),
+                None,
+                &mut encoder,
+            )
+            .map(|_| ())
         }
     };
     if let Err(error) = result {
@@ -805,7 +869,7 @@ impl RequestHandler for DnsHandler {
         request: &Request,
         mut response: R,
     ) -> ResponseInfo {
-        let prepared = self.prepare(request).await;
+        let prepared = self.prepare(request, Writer::Hickory).await;
         self.count(request, &prepared);
         let sent = match &prepared {
             Prepared::Error { code, edns, echo } => {

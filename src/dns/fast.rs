@@ -31,7 +31,7 @@ use rustc_hash::FxHashMap;
 use socket2::{Domain, Socket, Type};
 
 use super::ratelimit::{self, Limiter, Verdict};
-use super::{DnsHandler, encode, unix_seconds};
+use super::{DnsHandler, Writer, encode, unix_seconds};
 use crate::health::{
     Catalog, Data, Freshness, HealthLookup, HealthView, NodeInfo, ServiceHealth, ServiceKey,
     SlotUse,
@@ -237,7 +237,7 @@ impl Worker {
                             let handler = Arc::clone(&self.handler);
                             let socket = Arc::clone(&self.socket);
                             self.runtime.spawn(async move {
-                                let prepared = handler.prepare(&request).await;
+                                let prepared = handler.prepare(&request, Writer::Ours).await;
                                 handler.count(&request, &prepared);
                                 let bytes = encode(&request, &prepared);
                                 if !bytes.is_empty() {
@@ -500,7 +500,7 @@ impl DnsHandler {
                 for turn in 1..rotations(&answer) {
                     let mut rotated = answer.clone();
                     rotated.answers.rotate_left(turn);
-                    let prepared = self.finish(&request, &settings, rotated.into());
+                    let prepared = self.finish(&request, &settings, rotated.into(), Writer::Ours);
                     variants.push(variant(&encode(&request, &prepared), &answer));
                 }
                 let mut seen = HashSet::new();

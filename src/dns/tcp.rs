@@ -24,7 +24,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use super::{DnsHandler, encode, formerr};
+use super::{DnsHandler, Writer, encode, formerr};
 
 /// How often the "connection limit reached" warning may repeat.
 const WARN_EVERY: Duration = Duration::from_secs(60);
@@ -159,7 +159,7 @@ impl DnsHandler {
         if request.metadata.message_type == MessageType::Response {
             return None;
         }
-        let prepared = self.prepare(&request).await;
+        let prepared = self.prepare(&request, Writer::Ours).await;
         self.count(&request, &prepared);
         let bytes = encode(&request, &prepared);
         (!bytes.is_empty()).then_some(bytes)

@@ -106,6 +106,11 @@ fn query(name: &str, qtype: RecordType, edns: Option<u16>) -> Message {
 }
 
 async fn udp(server: SocketAddr, bytes: &[u8]) -> (Message, usize) {
+    let reply = udp_bytes(server, bytes).await;
+    (Message::from_vec(&reply).unwrap(), reply.len())
+}
+
+async fn udp_bytes(server: SocketAddr, bytes: &[u8]) -> Vec<u8> {
     let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     socket.send_to(bytes, server).await.unwrap();
     let mut buffer = vec![0; 65_535];
@@ -113,14 +118,18 @@ async fn udp(server: SocketAddr, bytes: &[u8]) -> (Message, usize) {
         .await
         .expect("a reply")
         .unwrap();
-    (Message::from_vec(&buffer[..n]).unwrap(), n)
+    buffer.truncate(n);
+    buffer
 }
 
 async fn tcp(server: SocketAddr, message: &Message) -> Message {
-    let bytes = message.to_vec().unwrap();
+    Message::from_vec(&tcp_bytes(server, &message.to_vec().unwrap()).await).unwrap()
+}
+
+async fn tcp_bytes(server: SocketAddr, bytes: &[u8]) -> Vec<u8> {
     let mut stream = tokio::net::TcpStream::connect(server).await.unwrap();
     let mut framed = u16::try_from(bytes.len()).unwrap().to_be_bytes().to_vec();
-    framed.extend_from_slice(&bytes);
+    framed.extend_from_slice(bytes);
     stream.write_all(&framed).await.unwrap();
     let mut length = [0; 2];
     tokio::time::timeout(Duration::from_secs(3), stream.read_exact(&mut length))
@@ -129,12 +138,23 @@ async fn tcp(server: SocketAddr, message: &Message) -> Message {
         .unwrap();
     let mut buffer = vec![0; usize::from(u16::from_be_bytes(length))];
     stream.read_exact(&mut buffer).await.unwrap();
-    Message::from_vec(&buffer).unwrap()
+    buffer
 }
 
 #[tokio::test]
 async fn udp_truncation_sets_tc_and_keeps_opt_and_tcp_gives_all() {
-    let (server, _s) = start("").await;
+    truncation_sets_tc_and_keeps_opt_and_tcp_gives_all("").await;
+}
+
+#[tokio::test]
+async fn udp_truncation_on_hickory_servers_loop_measures_its_encoding() {
+    truncation_sets_tc_and_keeps_opt_and_tcp_gives_all("udp_fast_path = false").await;
+}
+
+/// The UDP truncation rules with `extra` in `[dns]`; a truncated reply
+/// holds as many A records (16 bytes each) as fit.
+async fn truncation_sets_tc_and_keeps_opt_and_tcp_gives_all(extra: &str) {
+    let (server, _s) = start(extra).await;
     let (reply, size) = udp(
         server,
         &query("big.query.consul.", RecordType::A, Some(4096))
@@ -167,6 +187,10 @@ async fn udp_truncation_sets_tc_and_keeps_opt_and_tcp_gives_all() {
             size <= usize::from(payload.min(1232)),
             "{size} bytes for a {payload}-byte limit"
         );
+        assert!(
+            size + 16 > usize::from(payload.min(1232)),
+            "{size} bytes for a {payload}-byte limit: room for another record"
+        );
         assert!(reply.edns.is_some(), "OPT dropped at {payload}");
         assert!(
             reply.answers.len() > 1,
@@ -183,7 +207,7 @@ async fn udp_truncation_sets_tc_and_keeps_opt_and_tcp_gives_all() {
     )
     .await;
     assert!(
-        plain.metadata.truncation && size <= 512 && plain.edns.is_none(),
+        plain.metadata.truncation && size <= 512 && size + 16 > 512 && plain.edns.is_none(),
         "{size}"
     );
 
@@ -262,6 +286,61 @@ async fn protocol_errors_get_their_rcodes() {
     .await;
     assert_eq!(reply.metadata.response_code, ResponseCode::Refused);
     assert!(!reply.metadata.recursion_available && !reply.metadata.authoritative);
+}
+
+#[tokio::test]
+async fn owner_names_point_to_the_question() {
+    let (server, _s) = start("").await;
+    // `WeB.query.consul.`: 18 bytes of name, type and class at 30.
+    let web = query("WeB.query.consul.", RecordType::A, None)
+        .to_vec()
+        .unwrap();
+    let nope = query("nope.service.consul.", RecordType::A, None)
+        .to_vec()
+        .unwrap();
+    for (transport, web_reply, nope_reply) in [
+        (
+            "UDP",
+            udp_bytes(server, &web).await,
+            udp_bytes(server, &nope).await,
+        ),
+        (
+            "TCP",
+            tcp_bytes(server, &web).await,
+            tcp_bytes(server, &nope).await,
+        ),
+    ] {
+        // Header, question, two A records of a pointer, type, class, TTL,
+        // length and address each.
+        assert_eq!(
+            web_reply.len(),
+            12 + 22 + 2 * 16,
+            "{transport}: {web_reply:02x?}"
+        );
+        for record in [34, 50] {
+            assert_eq!(
+                web_reply[record..record + 4],
+                [0xc0, 0x0c, 0, 1],
+                "{transport}: the A record at {record} in {web_reply:02x?}"
+            );
+        }
+        let message = Message::from_vec(&web_reply).unwrap();
+        assert_eq!(message.answers.len(), 2);
+        assert_eq!(message.answers[0].name.to_ascii(), "WeB.query.consul.");
+
+        let message = Message::from_vec(&nope_reply).unwrap();
+        assert_eq!(message.metadata.response_code, ResponseCode::NXDomain);
+        assert_eq!(message.authorities.len(), 1, "{transport}: {message:?}");
+        assert_eq!(message.authorities[0].record_type(), RecordType::SOA);
+        // The SOA owner `consul.` points to the question's last label, at
+        // 12 + 5 + 8 = 25.
+        let soa = 12 + 21 + 4;
+        assert_eq!(
+            nope_reply[soa..soa + 4],
+            [0xc0, 25, 0, 6],
+            "{transport}: {nope_reply:02x?}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -475,4 +554,19 @@ fn the_fast_path_takes_a_thread_per_two_cores_by_default() {
     assert_eq!(threads, [1, 1, 2, 2, 32]);
     assert!(matches!(UdpMode::from_config(true, 3), UdpMode::Fast(3)));
     assert!(matches!(UdpMode::from_config(false, 3), UdpMode::Hickory));
+}
+
+#[test]
+fn question_labels_are_found_or_refused() {
+    assert_eq!(name_labels(&[0, 0, 1, 0, 1]), Some((vec![], 0)));
+    assert_eq!(
+        name_labels(b"\x03web\x06consul\x00\x00\x01\x00\x01"),
+        Some((vec![0, 4], 11))
+    );
+    // A pointer, a reserved label type, a name cut short, no bytes.
+    assert_eq!(name_labels(b"\x03web\xc0\x0c"), None);
+    assert_eq!(name_labels(b"\x40web"), None);
+    assert_eq!(name_labels(b"\x03web"), None);
+    assert_eq!(name_labels(b"\x03we"), None);
+    assert_eq!(name_labels(b""), None);
 }
