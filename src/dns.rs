@@ -391,6 +391,17 @@ pub(crate) enum Writer {
     Hickory,
 }
 
+impl<'a> RawQuestion<'a> {
+    /// The question of `request`, as `writer` writes it.
+    fn of(request: &'a Request, writer: Writer) -> Self {
+        Self {
+            bytes: request.queries.as_bytes(),
+            count: request.queries.len(),
+            writer,
+        }
+    }
+}
+
 impl EmitAndCount for RawQuestion<'_> {
     fn emit(&mut self, encoder: &mut BinEncoder<'_>) -> Result<usize, ProtoError> {
         let start = encoder.offset();
@@ -445,14 +456,9 @@ fn encoded_len(
 ) -> usize {
     let mut buffer = Vec::with_capacity(1500);
     let mut encoder = BinEncoder::new(&mut buffer);
-    let mut queries = RawQuestion {
-        bytes: request.queries.as_bytes(),
-        count: request.queries.len(),
-        writer,
-    };
     let result = emit_message_parts(
         metadata,
-        &mut queries,
+        &mut RawQuestion::of(request, writer),
         &mut answers.iter(),
         &mut authorities.iter(),
         &mut additionals.iter(),
@@ -830,11 +836,7 @@ fn encode(request: &Request, prepared: &Prepared) -> Vec<u8> {
             let answer = &response.answer;
             emit_message_parts(
                 &response.metadata,
-                &mut RawQuestion {
-                    bytes: request.queries.as_bytes(),
-                    count: request.queries.len(),
-                    writer: Writer::Ours,
-                },
+                &mut RawQuestion::of(request, Writer::Ours),
                 &mut answer.answers.iter(),
                 &mut answer.authorities.iter(),
                 &mut answer.additionals.iter(),
