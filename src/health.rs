@@ -440,10 +440,17 @@ impl HealthView {
 
     /// Marks pairs used, as reading them would.
     pub fn touch(&self, uses: &[SlotUse]) {
+        self.touch_at(uses, Instant::now());
+    }
+
+    /// [`HealthView::touch`] with the time already read (once for a batch
+    /// of answers).
+    pub fn touch_at(&self, uses: &[SlotUse], at: Instant) {
         if uses.is_empty() {
             return;
         }
-        let now = self.now_ms();
+        let since = at.saturating_duration_since(self.epoch).as_millis();
+        let now = u64::try_from(since).unwrap_or(u64::MAX);
         for SlotUse(slot) in uses {
             if slot.last_used.load(Ordering::Relaxed) < now {
                 slot.last_used.store(now, Ordering::Relaxed);

@@ -198,8 +198,7 @@ impl Worker {
             cache.follow(self.handler.view.generation());
             let allow = self.handler.wire.allow.load();
             let limits = self.handler.wire.get();
-            let now = std::time::Instant::now();
-            let serial = unix_seconds();
+            let mut moment = Moment::now();
             destinations.clear();
             let mut used = 0;
             let mut hits = 0;
@@ -219,7 +218,7 @@ impl Worker {
                 // logic, never a cached answer.
                 let allowed = allow.is_empty()
                     || to_std(address).is_some_and(|source| super::allowed(&allow, source.ip()));
-                if allowed && cache.answer(packet, serial, reply, &self.handler.view) {
+                if allowed && cache.answer(packet, &mut moment, reply, &self.handler.view) {
                     hits += 1;
                 } else {
                     let Some(source) = to_std(address) else {
@@ -252,7 +251,12 @@ impl Worker {
                 // truncated.
                 if limits.rate_limit > 0 {
                     let verdict = to_std(address).map_or(Verdict::Send, |source| {
-                        limiter.verdict(source.ip(), limits.rate_limit, limits.rate_limit_slip, now)
+                        limiter.verdict(
+                            source.ip(),
+                            limits.rate_limit,
+                            limits.rate_limit_slip,
+                            moment.at,
+                        )
                     });
                     match verdict {
                         Verdict::Send => {}
@@ -352,6 +356,52 @@ pub(super) struct Entry {
     uses: Box<[SlotUse]>,
 }
 
+impl Entry {
+    /// Writes the next variant, with `packet`'s ID, into `reply`.
+    fn serve(
+        &mut self,
+        packet: &[u8],
+        moment: &mut Moment,
+        reply: &mut Vec<u8>,
+        view: &HealthView,
+    ) {
+        let variant = &self.variants[self.next % self.variants.len()];
+        self.next = self.next.wrapping_add(1);
+        reply.extend_from_slice(&packet[..2]);
+        reply.extend_from_slice(&variant.bytes);
+        if !variant.serials.is_empty() {
+            let serial = moment.serial().to_be_bytes();
+            for &at in &variant.serials {
+                reply[at..at + 4].copy_from_slice(&serial);
+            }
+        }
+        for counter in &self.counters {
+            counter.inc();
+        }
+        view.touch_at(&self.uses, moment.at);
+    }
+}
+
+/// The time of a batch of datagrams, read once for all of them.
+pub(super) struct Moment {
+    at: std::time::Instant,
+    /// The SOA serial, read when a response first needs it.
+    serial: Option<u32>,
+}
+
+impl Moment {
+    pub(super) fn now() -> Self {
+        Self {
+            at: std::time::Instant::now(),
+            serial: None,
+        }
+    }
+
+    fn serial(&mut self) -> u32 {
+        *self.serial.get_or_insert_with(unix_seconds)
+    }
+}
+
 /// One encoded response.
 struct Variant {
     /// The response from byte 2 on (after the ID).
@@ -393,31 +443,20 @@ impl Cache {
     pub(super) fn answer(
         &mut self,
         packet: &[u8],
-        serial: u32,
+        moment: &mut Moment,
         reply: &mut Vec<u8>,
         view: &HealthView,
     ) -> bool {
         let key = &packet[2..];
-        if !self.recent.contains_key(key) {
-            let Some((key, entry)) = self.older.remove_entry(key) else {
-                return false;
-            };
-            self.put(key, entry);
+        if let Some(entry) = self.recent.get_mut(key) {
+            entry.serve(packet, moment, reply, view);
+            return true;
         }
-        let Some(entry) = self.recent.get_mut(key) else {
+        let Some((key, mut entry)) = self.older.remove_entry(key) else {
             return false;
         };
-        let variant = &entry.variants[entry.next % entry.variants.len()];
-        entry.next = entry.next.wrapping_add(1);
-        reply.extend_from_slice(&packet[..2]);
-        reply.extend_from_slice(&variant.bytes);
-        for &at in &variant.serials {
-            reply[at..at + 4].copy_from_slice(&serial.to_be_bytes());
-        }
-        for counter in &entry.counters {
-            counter.inc();
-        }
-        view.touch(&entry.uses);
+        entry.serve(packet, moment, reply, view);
+        self.put(key, entry);
         true
     }
 

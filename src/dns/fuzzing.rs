@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
-use super::fast::{Cache, Immediate};
-use super::{DnsHandler, WatchDemand, WireSettings, unix_seconds};
+use super::fast::{Cache, Immediate, Moment};
+use super::{DnsHandler, WatchDemand, WireSettings};
 use crate::config::Config;
 use crate::health::{CheckStatus, HealthView, ServiceHealth, ServiceKey, test_instance};
 use crate::metrics::Metrics;
@@ -122,7 +122,7 @@ impl Target {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         cache.follow(self.view.generation());
         let mut reply = Vec::new();
-        if cache.answer(datagram, unix_seconds(), &mut reply, &self.view) {
+        if cache.answer(datagram, &mut Moment::now(), &mut reply, &self.view) {
             return Some(reply);
         }
         let source = SocketAddr::from(([127, 0, 0, 1], 5353));

@@ -416,7 +416,7 @@ fn fast_reply(
     }
     cache.follow(view.generation());
     let mut reply = Vec::new();
-    if cache.answer(packet, crate::dns::unix_seconds(), &mut reply, view) {
+    if cache.answer(packet, &mut super::Moment::now(), &mut reply, view) {
         return Some(reply);
     }
     let source: SocketAddr = "127.0.0.1:5353".parse().unwrap();
