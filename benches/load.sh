@@ -10,8 +10,9 @@
 # warn; its UDP fast path), a second resolver with `dns.udp_fast_path =
 # false` (hickory-server's UDP loop, shown as "hickory") and knotd with a `consul.` zone holding exactly what the resolver
 # answers for the benchmark names (read back from it with `dig`). Then,
-# per rate, runs dnsperf against the resolver and then against Knot, at a
-# ladder of fixed rates (-Q) and at saturation (no -Q), and prints per
+# per rate, runs dnsperf against the resolver and Knot (taking turns to go
+# first, round by round), then the hickory path, pausing after each run, at
+# a ladder of fixed rates (-Q) and at saturation (no -Q), and prints per
 # server and rate: qps achieved, loss %, and server CPU µs per answered
 # query (utime+stime from /proc/PID/stat); then the resolver/Knot ratios.
 # dnsperf runs on the same cores as the servers. Loopback only; every
@@ -20,7 +21,8 @@
 # Environment: LOAD_NET (default 127.0.231: the resolver and consul-sim
 # listen on .1, Knot on .2, the hickory-path resolver on .3), LOAD_RATES (the fixed-rate ladder),
 # LOAD_SECONDS / LOAD_SAT_SECONDS (dnsperf -l), LOAD_REPEAT (rounds of
-# the whole ladder, pooled: default 3, 1 in --smoke), SERVICES,
+# the whole ladder, pooled: default 3, 1 in --smoke), LOAD_SETTLE (seconds
+# of pause after each dnsperf run: default 1, 0 in --smoke), SERVICES,
 # KNOT_UDP_WORKERS (default: nproc, knotd's own default),
 # LOAD_UDP_THREADS (the resolver's dns.udp_threads; default 0, one per core),
 # LOAD_PROFILE (release, or debug: the default in --smoke, which reuses
@@ -57,6 +59,7 @@ if [ $smoke = 1 ]; then
   seconds=${LOAD_SECONDS:-2}
   sat_seconds=${LOAD_SAT_SECONDS:-1}
   repeat=${LOAD_REPEAT:-1}
+  settle=${LOAD_SETTLE:-0}
 else
   profile=${LOAD_PROFILE:-release}
   services=${SERVICES:-100}
@@ -64,6 +67,7 @@ else
   seconds=${LOAD_SECONDS:-6}
   sat_seconds=${LOAD_SAT_SECONDS:-10}
   repeat=${LOAD_REPEAT:-3}
+  settle=${LOAD_SETTLE:-1}
 fi
 net=${LOAD_NET:-127.0.231}
 knot_workers=${KNOT_UDP_WORKERS:-$(nproc)}
@@ -312,24 +316,30 @@ run() {
     || fail "dnsperf printed no statistics:"$'\n'"$out"
   echo "$server $rate $sent $completed ${lost:-0} $qps $((after - before)) ${noerror:-0} ${nxdomain:-0} ${size:-0}" \
     >>"$work/rows.txt"
+  # A server still working off the queries of its run would take CPU
+  # from the next one's.
+  sleep "$settle"
 }
 
 echo
 echo "load benchmark: $services services × 3 instances in dc1 and dc2; $total_names names" \
   "($positive_names answered, $((total_names - positive_names)) NXDOMAIN);" \
   "Knot udp-workers $knot_workers; $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//');" \
-  "$profile binaries; dnsperf -c 4 -T 1 -q 200 on the same cores; $repeat round(s) pooled"
+  "$profile binaries; dnsperf -c 4 -T 1 -q 200 on the same cores; $repeat round(s) pooled;" \
+  "resolver and Knot take turns going first; ${settle} s pause after each run"
 : >"$work/rows.txt"
 started=$SECONDS
+# The resolver and Knot take turns going first, round by round; the
+# hickory path, far the costliest, comes last.
 for ((round = 1; round <= repeat; round++)); do
-  for rate in $rates; do
-    run resolver "$rate" "$seconds"
-    run hickory "$rate" "$seconds"
-    run knot "$rate" "$seconds"
+  if ((round % 2)); then order="resolver knot hickory"; else order="knot resolver hickory"; fi
+  for rate in $rates max; do
+    secs=$seconds
+    [ "$rate" != max ] || secs=$sat_seconds
+    for server in $order; do
+      run "$server" "$rate" "$secs"
+    done
   done
-  run resolver max "$sat_seconds"
-  run hickory max "$sat_seconds"
-  run knot max "$sat_seconds"
 done
 
 #------------ report ----------------------------------------------------------
