@@ -2,7 +2,7 @@
 # The load benchmark (DESIGN §9, issue 6): the resolver against Knot DNS
 # serving the same names from a zone file, in the same run.
 #
-#   bash benches/load.sh            # full run, release binaries (~7 minutes)
+#   bash benches/load.sh            # full run, release binaries (~8 minutes)
 #   bash benches/load.sh --smoke    # a few seconds, low rates, checks (CI)
 #
 # Starts consul-sim (dc1 and dc2, each with SERVICES services × 3
