@@ -149,7 +149,7 @@ impl Worker {
         let fd = self.socket.as_raw_fd();
         let mut receive = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
         let mut send = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
-        let mut buffers = vec![[0u8; MAX_QUERY]; BATCH];
+        let mut buffers = Box::new([[0u8; MAX_QUERY]; BATCH]);
         // Per buffer: its length and sender, `None` for a datagram to drop.
         let mut received: Vec<Option<(usize, SockaddrStorage)>> = Vec::with_capacity(BATCH);
         let mut replies: Vec<Vec<u8>> = (0..BATCH).map(|_| Vec::with_capacity(1232)).collect();
@@ -161,10 +161,9 @@ impl Worker {
         while !self.stop.load(Ordering::Relaxed) {
             received.clear();
             {
-                let mut slices: Vec<[IoSliceMut<'_>; 1]> = buffers
-                    .iter_mut()
-                    .map(|b| [IoSliceMut::new(&mut b[..])])
-                    .collect();
+                // On the stack, made for each call (they borrow the
+                // buffers, which are read after it).
+                let mut slices = buffers.each_mut().map(|b| [IoSliceMut::new(&mut b[..])]);
                 match nix::sys::socket::recvmmsg(
                     fd,
                     &mut receive,
@@ -301,15 +300,19 @@ impl Worker {
         replies: &[Vec<u8>],
         destinations: &[Option<SockaddrStorage>],
     ) {
+        // On the stack: at most a batch of replies.
+        let mut slices: [[IoSlice<'_>; 1]; BATCH] = std::array::from_fn(|_| [IoSlice::new(&[])]);
+        for (slice, reply) in slices.iter_mut().zip(replies) {
+            *slice = [IoSlice::new(reply)];
+        }
+        let count = replies.len().min(BATCH);
         let mut from = 0;
-        while from < replies.len() {
-            let slices: Vec<[IoSlice<'_>; 1]> =
-                replies[from..].iter().map(|r| [IoSlice::new(r)]).collect();
+        while from < count {
             let none: [ControlMessage<'_>; 0] = [];
             match nix::sys::socket::sendmmsg(
                 fd,
                 headers,
-                slices.iter(),
+                slices[from..count].iter(),
                 &destinations[from..],
                 none,
                 MsgFlags::empty(),
