@@ -24,7 +24,7 @@
 # the whole ladder, pooled: default 3, 1 in --smoke), LOAD_SETTLE (seconds
 # of pause after each dnsperf run: default 1, 0 in --smoke), SERVICES,
 # KNOT_UDP_WORKERS (default: nproc, knotd's own default),
-# LOAD_UDP_THREADS (the resolver's dns.udp_threads; default 0, one per core),
+# LOAD_UDP_THREADS (the resolver's dns.udp_threads; default 0, one per two cores),
 # LOAD_PROFILE (release, or debug: the default in --smoke, which reuses
 # the binaries `cargo test` built), LOAD_NO_BUILD=1 (use target/PROFILE
 # as it is).

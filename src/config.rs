@@ -129,7 +129,7 @@ pub struct DnsConfig {
     /// Every this many responses over the limit, one goes out truncated
     /// so a real client retries over TCP; 0: all dropped.
     pub rate_limit_slip: u32,
-    /// Serve UDP with the fast path (a thread and socket per core, batched
+    /// Serve UDP with the fast path (threads with a socket each, batched
     /// system calls, cached responses); `false`: hickory-server's loop.
     pub udp_fast_path: bool,
     /// Fast-path threads (and sockets) per listen address; 0: one per two

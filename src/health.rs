@@ -438,19 +438,13 @@ impl HealthView {
         self.slot(key).map(SlotUse)
     }
 
-    /// Marks pairs used, as reading them would.
-    pub fn touch(&self, uses: &[SlotUse]) {
-        self.touch_at(uses, Instant::now());
-    }
-
-    /// [`HealthView::touch`] with the time already read (once for a batch
-    /// of answers).
-    pub fn touch_at(&self, uses: &[SlotUse], at: Instant) {
+    /// Marks pairs used at `at`, as reading them then would (the caller
+    /// reads the time once for a batch of answers).
+    pub fn touch(&self, uses: &[SlotUse], at: Instant) {
         if uses.is_empty() {
             return;
         }
-        let since = at.saturating_duration_since(self.epoch).as_millis();
-        let now = u64::try_from(since).unwrap_or(u64::MAX);
+        let now = self.ms_at(at);
         for SlotUse(slot) in uses {
             if slot.last_used.load(Ordering::Relaxed) < now {
                 slot.last_used.store(now, Ordering::Relaxed);
@@ -459,7 +453,12 @@ impl HealthView {
     }
 
     fn now_ms(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+        self.ms_at(Instant::now())
+    }
+
+    /// Milliseconds from the epoch to `at`.
+    fn ms_at(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
     }
 
     /// Sets the local datacenter, once learned from Consul (a view made

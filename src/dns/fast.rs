@@ -1,4 +1,4 @@
-//! The UDP fast path: one thread per core, each with its own SO_REUSEPORT
+//! The UDP fast path: threads (`dns.udp_threads`), each with its own SO_REUSEPORT
 //! socket, receiving and sending in batches (`recvmmsg`/`sendmmsg`).
 //!
 //! A response is a pure function of the request's bytes after its ID, the
@@ -301,10 +301,8 @@ impl Worker {
         destinations: &[Option<SockaddrStorage>],
     ) {
         // On the stack: at most a batch of replies.
-        let mut slices: [[IoSlice<'_>; 1]; BATCH] = std::array::from_fn(|_| [IoSlice::new(&[])]);
-        for (slice, reply) in slices.iter_mut().zip(replies) {
-            *slice = [IoSlice::new(reply)];
-        }
+        let slices: [[IoSlice<'_>; 1]; BATCH] =
+            std::array::from_fn(|i| [IoSlice::new(replies.get(i).map_or(&[], Vec::as_slice))]);
         let count = replies.len().min(BATCH);
         let mut from = 0;
         while from < count {
@@ -381,7 +379,7 @@ impl Entry {
         for counter in &self.counters {
             counter.inc();
         }
-        view.touch_at(&self.uses, moment.at);
+        view.touch(&self.uses, moment.at);
     }
 }
 
