@@ -711,7 +711,7 @@ impl Config {
         if self.dns.udp_threads > MAX_UDP_THREADS {
             return Err(invalid(
                 "dns.udp_threads",
-                format!("must be at most {MAX_UDP_THREADS} (0: one per core)"),
+                format!("must be at most {MAX_UDP_THREADS} (0: one per two cores)"),
             ));
         }
         if !(1..=MAX_CONSUL_CONNECTIONS).contains(&self.consul.max_connections) {
