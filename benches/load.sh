@@ -13,8 +13,10 @@
 # per rate, runs dnsperf against the resolver and Knot (taking turns to go
 # first, round by round), then the hickory path, pausing after each run, at
 # a ladder of fixed rates (-Q) and at saturation (no -Q), and prints per
-# server and rate: qps achieved, loss %, and server CPU µs per answered
-# query (utime+stime from /proc/PID/stat); then the resolver/Knot ratios.
+# server and rate: qps achieved, loss %, server CPU µs per answered query
+# (utime+stime from /proc/PID/stat) and dnsperf's mean latency; per round,
+# the CPU figure and the busiest server thread's share of the CPU; then the
+# resolver/Knot ratios.
 # dnsperf runs on the same cores as the servers. Loopback only; every
 # child is killed on exit.
 #
@@ -25,6 +27,8 @@
 # of pause after each dnsperf run: default 1, 0 in --smoke), SERVICES,
 # KNOT_UDP_WORKERS (default: nproc, knotd's own default),
 # LOAD_UDP_THREADS (the resolver's dns.udp_threads; default 0, one per two cores),
+# LOAD_CLIENTS (dnsperf -c, its sockets: default 32; with few, how
+# SO_REUSEPORT hashes their ports onto Knot's workers decides Knot's cost),
 # LOAD_PROFILE (release, or debug: the default in --smoke, which reuses
 # the binaries `cargo test` built), LOAD_NO_BUILD=1 (use target/PROFILE
 # as it is).
@@ -71,6 +75,7 @@ else
 fi
 net=${LOAD_NET:-127.0.231}
 knot_workers=${KNOT_UDP_WORKERS:-$(nproc)}
+clients=${LOAD_CLIENTS:-32}
 clk_tck=$(getconf CLK_TCK)
 
 resolver_dns=$net.1:8600 admin=$net.1:8653
@@ -284,9 +289,29 @@ ticks() { # utime + stime of process $1, in clock ticks
   echo $((${12} + ${13}))
 }
 
+threads() { # per thread of process $1: "tid ticks" (utime + stime)
+  local task stat
+  for task in /proc/"$1"/task/*; do
+    stat=$(<"$task/stat") || continue
+    stat=${stat##*) }
+    set -- $stat
+    echo "${task##*/} $((${12} + ${13}))"
+  done
+}
+
+# busiest BEFORE AFTER: the share (%) of the process's CPU between two
+# `threads` listings taken by its busiest thread (SO_REUSEPORT spreads
+# dnsperf's four sockets over a server's UDP threads by a hash of their
+# ports, so how a run's load splits between threads changes run to run).
+busiest() {
+  awk 'NR == FNR { before[$1] = $2; next }
+    { d = $2 - before[$1]; total += d; if (d > top) top = d }
+    END { printf "%d", (total > 0 ? 100 * top / total : 0) }' "$1" "$2"
+}
+
 # run SERVER RATE SECONDS: one dnsperf run; appends a row to rows.txt:
 # server rate sent completed lost qps cpu_ticks noerror nxdomain
-# mean_response_bytes
+# mean_response_bytes busiest_thread_% mean_latency_µs
 run() {
   local server=$1 rate=$2 secs=$3 ip port pid before after out
   if [ "$server" = resolver ]; then
@@ -296,12 +321,14 @@ run() {
   else
     ip=$knot_ip port=$knot_port pid=$knot_pid
   fi
-  local args=(-s "$ip" -p "$port" -d "$work/queries.txt" -l "$secs" -c 4 -T 1 -q 200 -t 2)
+  local args=(-s "$ip" -p "$port" -d "$work/queries.txt" -l "$secs" -c "$clients" -T 1 -q 200 -t 2)
   [ "$rate" = max ] || args+=(-Q "$rate")
+  threads "$pid" >"$work/threads-before"
   before=$(ticks "$pid")
   out=$(timeout -k 2 $((secs + 15)) "$dnsperf" "${args[@]}" 2>&1) \
     || fail "dnsperf against $server at $rate failed:"$'\n'"$out"
   after=$(ticks "$pid")
+  threads "$pid" >"$work/threads-after"
   kill -0 "$pid" 2>/dev/null || fail "$server died during the run"
   echo "$out" >>"$work/dnsperf-$server.log"
   local sent completed lost qps noerror nxdomain
@@ -312,9 +339,11 @@ run() {
   noerror=$(grep -o 'NOERROR [0-9]*' <<<"$out" | awk '{print $2}')
   nxdomain=$(grep -o 'NXDOMAIN [0-9]*' <<<"$out" | awk '{print $2}')
   size=$(grep -o 'response [0-9]*' <<<"$out" | awk '{print $2}')
+  latency=$(awk '/Average Latency/ {printf "%.0f", $4 * 1e6}' <<<"$out")
   [ -n "$sent" ] && [ -n "$completed" ] && [ -n "$qps" ] \
     || fail "dnsperf printed no statistics:"$'\n'"$out"
   echo "$server $rate $sent $completed ${lost:-0} $qps $((after - before)) ${noerror:-0} ${nxdomain:-0} ${size:-0}" \
+    "$(busiest "$work/threads-before" "$work/threads-after")" "${latency:-0}" \
     >>"$work/rows.txt"
   # A server still working off the queries of its run would take CPU
   # from the next one's.
@@ -325,7 +354,7 @@ echo
 echo "load benchmark: $services services × 3 instances in dc1 and dc2; $total_names names" \
   "($positive_names answered, $((total_names - positive_names)) NXDOMAIN);" \
   "Knot udp-workers $knot_workers; $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//');" \
-  "$profile binaries; dnsperf -c 4 -T 1 -q 200 on the same cores; $repeat round(s) pooled;" \
+  "$profile binaries; dnsperf -c $clients -T 1 -q 200 on the same cores; $repeat round(s) pooled;" \
   "resolver and Knot take turns going first; ${settle} s pause after each run"
 : >"$work/rows.txt"
 started=$SECONDS
@@ -350,7 +379,8 @@ awk -v tck="$clk_tck" -v smoke="$smoke" '
     # Rounds are pooled: CPU over all answers, qps averaged, loss summed.
     server = $1; rate = $2; key = server SUBSEP rate
     runs[key]++; sent[key] += $3; done[key] += $4; lost[key] += $5; qsum[key] += $6
-    ticks[key] += $7; nxs[key] += $9; size[key] = $10
+    ticks[key] += $7; nxs[key] += $9; size[key] = $10; waited[key] += $12 * $4
+    rounds[key] = rounds[key] sprintf(" %6.2f (%3d %%)", cpu_us($7, $4), $11)
     if (!(rate in seen)) { seen[rate] = 1; order[++n] = rate }
   }
   END {
@@ -360,13 +390,19 @@ awk -v tck="$clk_tck" -v smoke="$smoke" '
       achieved[key] = qsum[key] / runs[key]; us[key] = cpu_us(ticks[key], done[key])
       cores[key] = ticks[key] / tck / runs[key]
       nx[key] = (done[key] > 0 ? 100 * nxs[key] / done[key] : 0)
+      latency[key] = (done[key] > 0 ? waited[key] / done[key] : 0)
       if (part[2] != "max" && lost[key] == 0 && achieved[key] > best[part[1]]) best[part[1]] = achieved[key]
     }
-    printf "\n%-9s %8s %10s %8s %8s %7s %8s %7s\n", "server", "rate", "qps", "loss %", "NXDOM %", "resp B", "CPU s/run", "µs/ans"
+    printf "\n%-9s %8s %10s %8s %8s %7s %8s %7s %7s\n", "server", "rate", "qps", "loss %", "NXDOM %", "resp B", "CPU s/run", "µs/ans", "lat µs"
     split("resolver hickory knot", servers, " ")
     for (i = 1; i <= n; i++) for (s = 1; s <= 3; s++) {
       server = servers[s]; key = server SUBSEP order[i]
-      printf "%-9s %8s %10.0f %8.3f %8.1f %7d %8.2f %7.2f\n", server, order[i], achieved[key], loss[key], nx[key], size[key], cores[key], us[key]
+      printf "%-9s %8s %10.0f %8.3f %8.1f %7d %8.2f %7.2f %7.0f\n", server, order[i], achieved[key], loss[key], nx[key], size[key], cores[key], us[key], latency[key]
+    }
+    printf "\nper round: CPU µs per answered query (the busiest thread'"'"'s share of the server'"'"'s CPU)\n"
+    for (i = 1; i <= n; i++) for (s = 1; s <= 3; s++) {
+      server = servers[s]; key = server SUBSEP order[i]
+      printf "  %-9s %8s:%s\n", server, order[i], rounds[key]
     }
     for (v = 1; v <= 2; v++) {
       mine = servers[v]
