@@ -383,7 +383,30 @@ pub struct HealthView {
     /// Counts changes that can alter an answer; answers cached under one
     /// value are reused only while it holds.
     generation: AtomicU64,
+    /// What changed since [`HealthView::take_changes`] was last called.
+    changes: Mutex<Changes>,
     epoch: Instant,
+}
+
+/// What changed in a view since its changes were last taken, so that the
+/// failover monitor resolves again only the queries a change can move.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Changes {
+    /// Anything may have changed: reachability, the datacenters, a
+    /// catalog, a setting (a new view starts so).
+    pub all: bool,
+    /// The services (by name, in any datacenter) whose data, slot or
+    /// failing state changed; empty when `all` is set.
+    pub services: HashSet<String>,
+}
+
+impl Default for Changes {
+    fn default() -> Self {
+        Self {
+            all: true,
+            services: HashSet::new(),
+        }
+    }
 }
 
 impl std::fmt::Debug for HealthView {
@@ -410,14 +433,52 @@ impl HealthView {
             required: Mutex::new(BTreeSet::new()),
             changed: Notify::new(),
             generation: AtomicU64::new(0),
+            changes: Mutex::new(Changes::default()),
             epoch: Instant::now(),
         }
     }
 
-    /// Records a change: cached answers go, waiting queries look again.
+    /// Records a change that may alter any answer: cached answers go,
+    /// waiting queries look again.
     fn bump(&self) {
+        {
+            let mut changes = self.lock_changes();
+            changes.all = true;
+            changes.services.clear();
+        }
         self.generation.fetch_add(1, Ordering::Release);
         self.changed.notify_waiters();
+    }
+
+    /// Records a change of one service's data in one datacenter: as
+    /// [`bump`](Self::bump), but [`take_changes`](Self::take_changes)
+    /// names the service instead of saying everything changed.
+    fn bump_service(&self, key: &ServiceKey) {
+        {
+            let mut changes = self.lock_changes();
+            if !changes.all && !changes.services.contains(&key.service) {
+                changes.services.insert(key.service.clone());
+            }
+        }
+        self.generation.fetch_add(1, Ordering::Release);
+        self.changed.notify_waiters();
+    }
+
+    /// What changed since the last call (the first call: everything).
+    /// One reader only, the failover monitor: a second would take the
+    /// changes the first has not seen.
+    pub fn take_changes(&self) -> Changes {
+        std::mem::replace(
+            &mut *self.lock_changes(),
+            Changes {
+                all: false,
+                services: HashSet::new(),
+            },
+        )
+    }
+
+    fn lock_changes(&self) -> MutexGuard<'_, Changes> {
+        self.changes.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The change counter: an answer built after reading a value reflects
@@ -579,7 +640,7 @@ impl HealthView {
         };
         if let Some(old) = removed.and_then(|slot| slot.data.load_full()) {
             self.index_nodes(key, Some(&old), None);
-            self.bump();
+            self.bump_service(key);
         }
     }
 
@@ -607,7 +668,7 @@ impl HealthView {
             };
             self.index_nodes(key, old.as_deref(), Some(&health));
         }
-        self.bump();
+        self.bump_service(key);
     }
 
     /// Moves the nodes index from a pair's old snapshot to its new one.
@@ -681,11 +742,11 @@ impl HealthView {
             let was = slot.failing_since.load(Ordering::Relaxed);
             if !failing && was != 0 {
                 slot.failing_since.store(0, Ordering::Relaxed);
-                self.bump();
+                self.bump_service(key);
             } else if failing && was == 0 {
                 slot.failing_since
                     .store(self.now_ms().max(1), Ordering::Relaxed);
-                self.bump();
+                self.bump_service(key);
             }
         }
     }

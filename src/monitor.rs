@@ -3,13 +3,16 @@
 //! changes. A change is a state change: one log line, one count in
 //! `consul_failover_dns_failovers_total`, one event on `/v1/events`.
 //!
-//! Queries need not arrive for a failover to be seen: the definitions are
-//! resolved again whenever the view changes (and every second, for
-//! `failback_after` holds that end with the clock).
+//! Queries need not arrive for a failover to be seen: when the view
+//! changes, the definitions that read the changed services are resolved
+//! again, and all of them at least every second (for `failback_after`
+//! holds and data ages that move with the clock) and after any change
+//! that is not one service's.
 
-use std::collections::BTreeMap;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use hickory_proto::rr::RecordType;
@@ -17,7 +20,7 @@ use serde::Serialize;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use crate::health::{HealthLookup, HealthView};
+use crate::health::{Catalog, Data, Freshness, HealthLookup, HealthView, NodeInfo, ServiceHealth};
 use crate::metrics::Metrics;
 use crate::resolve::{Outcome, Resolver};
 
@@ -78,6 +81,105 @@ struct Seen {
     queries: BTreeMap<String, Option<String>>,
     /// Per datacenter: whether its Consul answers.
     datacenters: BTreeMap<String, bool>,
+    /// The followed queries and what their resolutions read.
+    followed: Followed,
+}
+
+/// The followed queries as of the last full pass, and which services
+/// each one's resolution read, so a change of one service resolves again
+/// only the queries that read it.
+#[derive(Debug, Default)]
+struct Followed {
+    /// The resolver the list was taken from (a reload replaces it).
+    resolver: Option<Arc<Resolver>>,
+    /// (label, name), sorted by label ([`Resolver::followed`]).
+    queries: Vec<(String, String)>,
+    /// Per service name: the queries (indices) whose resolution read it.
+    readers: HashMap<String, Vec<usize>>,
+    /// Queries whose resolution read something not kept per service (a
+    /// node): resolved again on every change.
+    broad: Vec<usize>,
+    /// When all were last resolved.
+    full_at: Option<Instant>,
+}
+
+impl Followed {
+    /// Notes what query `at`'s resolution read.
+    fn note(&mut self, at: usize, read: Read) {
+        for service in read.services {
+            let readers = self.readers.entry(service).or_default();
+            if !readers.contains(&at) {
+                readers.push(at);
+            }
+        }
+        if read.broad && !self.broad.contains(&at) {
+            self.broad.push(at);
+        }
+    }
+
+    /// The queries a change of `services` can move, each once.
+    fn due<'a>(&self, services: impl Iterator<Item = &'a String>) -> Vec<usize> {
+        let mut due: Vec<usize> = services
+            .filter_map(|service| self.readers.get(service))
+            .flatten()
+            .chain(&self.broad)
+            .copied()
+            .collect();
+        due.sort_unstable();
+        due.dedup();
+        due
+    }
+}
+
+/// What one resolution read from the view.
+#[derive(Debug, Default)]
+struct Read {
+    services: Vec<String>,
+    broad: bool,
+}
+
+/// The view, noting what a resolution reads from it.
+struct Reading<'a> {
+    view: &'a HealthView,
+    read: RefCell<Read>,
+}
+
+impl Reading<'_> {
+    fn service_read(&self, service: &str) {
+        let mut read = self.read.borrow_mut();
+        if !read.services.iter().any(|s| s == service) {
+            read.services.push(service.to_owned());
+        }
+    }
+}
+
+impl HealthLookup for Reading<'_> {
+    fn local_datacenter(&self) -> Arc<String> {
+        self.view.local_datacenter()
+    }
+    fn datacenters(&self) -> Arc<Vec<String>> {
+        self.view.datacenters()
+    }
+    fn service(&self, datacenter: &str, service: &str) -> Data<Arc<ServiceHealth>> {
+        self.service_read(service);
+        self.view.service(datacenter, service)
+    }
+    fn catalog(&self, datacenter: &str) -> Data<Arc<Catalog>> {
+        // A catalog's change is a change of everything.
+        self.view.catalog(datacenter)
+    }
+    fn node(&self, datacenter: &str, node: &str) -> Option<Arc<NodeInfo>> {
+        // Nodes change with any service that runs on them.
+        self.read.borrow_mut().broad = true;
+        self.view.node(datacenter, node)
+    }
+    fn freshness(&self, datacenter: &str, service: &str) -> Freshness {
+        self.service_read(service);
+        self.view.freshness(datacenter, service)
+    }
+    fn reachable(&self, datacenter: &str) -> bool {
+        self.view.reachable(datacenter)
+    }
 }
 
 /// The event stream, and the state a new subscriber starts from.
@@ -166,7 +268,7 @@ impl Monitor {
             let changed = self.view.changed();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            self.pass();
+            self.look(false);
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 () = changed => {}
@@ -181,25 +283,69 @@ impl Monitor {
 
     /// Looks once: every followed query, every datacenter.
     pub fn pass(&self) {
+        self.look(true);
+    }
+
+    /// Looks once: the followed queries that the view's changes since the
+    /// last look can move (all of them when `all` is set, after a change
+    /// that is not one service's, with a new resolver, or when the last
+    /// full look is a [`TICK`] old), and every datacenter. Returns how
+    /// many queries it resolved.
+    fn look(&self, all: bool) -> usize {
         let local = self.view.local_datacenter();
         if local.is_empty() {
-            return;
+            return 0;
         }
-        let resolver = self.resolver.load();
-        let mut seen = self
+        let resolver = self.resolver.load_full();
+        let mut guard = self
             .events
             .seen
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let followed = resolver.followed();
-        seen.queries
-            .retain(|query, _| followed.iter().any(|(label, _)| label == query));
-        for (label, name) in followed {
-            let Some(name) = resolver.query_name(&name) else {
+        let seen = &mut *guard;
+        let changes = self.view.take_changes();
+        let full = all
+            || changes.all
+            || !seen
+                .followed
+                .resolver
+                .as_ref()
+                .is_some_and(|r| Arc::ptr_eq(r, &resolver))
+            || seen.followed.full_at.is_none_or(|at| at.elapsed() >= TICK);
+        let due = if full {
+            // Sorted by label: a lookup is a binary search (a scan made a
+            // pass quadratic in the number of queries).
+            let followed = resolver.followed();
+            seen.queries.retain(|query, _| {
+                followed
+                    .binary_search_by(|(label, _)| label.as_str().cmp(query))
+                    .is_ok()
+            });
+            seen.followed = Followed {
+                resolver: Some(Arc::clone(&resolver)),
+                queries: followed,
+                readers: HashMap::new(),
+                broad: Vec::new(),
+                full_at: Some(Instant::now()),
+            };
+            (0..seen.followed.queries.len()).collect()
+        } else {
+            seen.followed.due(changes.services.iter())
+        };
+        let resolved = due.len();
+        for at in due {
+            let (label, name) = &seen.followed.queries[at];
+            let Some(name) = resolver.query_name(name) else {
                 continue;
             };
+            let label = label.clone();
+            let reading = Reading {
+                view: &self.view,
+                read: RefCell::default(),
+            };
             let (outcome, trace) =
-                crate::dns::resolve_traced(&resolver, &*self.view, name, RecordType::A);
+                crate::dns::resolve_traced(&resolver, &reading, name, RecordType::A);
+            seen.followed.note(at, reading.read.into_inner());
             if matches!(outcome, Outcome::Pending(_)) {
                 // Not synced yet: nothing to say.
                 continue;
@@ -245,5 +391,153 @@ impl Monitor {
                 });
             }
         }
+        resolved
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::health::{CheckStatus, ServiceHealth, ServiceKey, test_instance};
+
+    fn health(status: CheckStatus) -> ServiceHealth {
+        ServiceHealth {
+            index: 1,
+            instances: vec![test_instance("n1", "10.0.0.1", status)],
+        }
+    }
+
+    /// Queries q0..q{n-1}, each on its own service, failing over dc1 →
+    /// dc2, every instance passing.
+    fn monitor(queries: usize) -> Monitor {
+        let toml: String = (0..queries)
+            .map(|q| {
+                format!(
+                    "[[query]]\nname = \"q{q}\"\nservice = \"svc{q}\"\n\
+                     failover = {{ datacenters = [\"dc2\"] }}\n"
+                )
+            })
+            .collect();
+        let config = Config::from_toml_str(&toml, "test.toml").expect("config");
+        let view = Arc::new(HealthView::new("dc1"));
+        view.set_datacenters(vec!["dc1".to_owned(), "dc2".to_owned()]);
+        for q in 0..queries {
+            for dc in ["dc1", "dc2"] {
+                view.apply_service(
+                    &ServiceKey::new(dc, &format!("svc{q}")),
+                    health(CheckStatus::Passing),
+                );
+            }
+        }
+        Monitor {
+            resolver: Arc::new(ArcSwap::from_pointee(Resolver::new(&config))),
+            view,
+            metrics: Metrics::new(),
+            events: Arc::new(Events::new()),
+        }
+    }
+
+    fn moves(receiver: &mut broadcast::Receiver<Arc<Event>>) -> Vec<(String, Option<String>)> {
+        let mut out = Vec::new();
+        while let Ok(event) = receiver.try_recv() {
+            if let Event::Failover { query, to, .. } = &*event {
+                out.push((query.clone(), to.clone()));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_view_names_the_services_that_changed_since_last_asked() {
+        let view = HealthView::new("dc1");
+        assert!(view.take_changes().all, "a new view: everything");
+        let none = view.take_changes();
+        assert!(!none.all && none.services.is_empty());
+        view.apply_service(&ServiceKey::new("dc1", "web"), health(CheckStatus::Passing));
+        view.apply_service(
+            &ServiceKey::new("dc2", "web"),
+            health(CheckStatus::Critical),
+        );
+        view.set_failing(&ServiceKey::new("dc1", "db"), true); // no slot: no change
+        view.apply_service(&ServiceKey::new("dc2", "api"), health(CheckStatus::Passing));
+        let changes = view.take_changes();
+        assert!(!changes.all);
+        let mut names: Vec<_> = changes.services.into_iter().collect();
+        names.sort();
+        assert_eq!(names, ["api", "web"]);
+        view.remove_service_slot(&ServiceKey::new("dc2", "api"));
+        view.set_reachable("dc2", false);
+        let changes = view.take_changes();
+        assert!(changes.all, "reachability may move any answer");
+        assert!(changes.services.is_empty());
+        assert!(!view.take_changes().all);
+    }
+
+    #[test]
+    fn a_change_of_one_service_resolves_again_only_the_queries_that_read_it() {
+        let monitor = monitor(50);
+        let (_, mut events) = monitor.events.subscribe();
+        assert_eq!(monitor.look(false), 50, "the first look resolves all");
+        assert!(moves(&mut events).is_empty());
+        assert_eq!(monitor.look(false), 0, "nothing changed");
+
+        monitor.view.apply_service(
+            &ServiceKey::new("dc1", "svc7"),
+            health(CheckStatus::Critical),
+        );
+        assert_eq!(monitor.look(false), 1);
+        assert_eq!(
+            moves(&mut events),
+            [("q7".to_owned(), Some("dc2".to_owned()))]
+        );
+
+        // Back, and another service's change in the same look.
+        monitor.view.apply_service(
+            &ServiceKey::new("dc1", "svc7"),
+            health(CheckStatus::Passing),
+        );
+        monitor.view.apply_service(
+            &ServiceKey::new("dc1", "svc9"),
+            health(CheckStatus::Critical),
+        );
+        assert_eq!(monitor.look(false), 2);
+        let mut seen = moves(&mut events);
+        seen.sort();
+        assert_eq!(
+            seen,
+            [
+                ("q7".to_owned(), Some("dc1".to_owned())),
+                ("q9".to_owned(), Some("dc2".to_owned())),
+            ]
+        );
+    }
+
+    #[test]
+    fn every_query_is_resolved_again_after_a_broad_change_a_reload_or_a_tick() {
+        let monitor = monitor(20);
+        assert_eq!(monitor.look(false), 20);
+
+        monitor.view.set_reachable("dc2", false);
+        assert_eq!(
+            monitor.look(false),
+            20,
+            "a change that is not one service's"
+        );
+
+        let config = Config::from_toml_str(
+            "[[query]]\nname = \"q0\"\nservice = \"svc0\"\n",
+            "test.toml",
+        )
+        .expect("config");
+        monitor.resolver.store(Arc::new(Resolver::new(&config)));
+        assert_eq!(monitor.look(false), 1, "a reload: the new definitions");
+
+        assert_eq!(monitor.look(false), 0);
+        monitor.events.seen.lock().expect("lock").followed.full_at =
+            Instant::now().checked_sub(TICK);
+        assert_eq!(monitor.look(false), 1, "a tick old: all (one here)");
+        assert_eq!(monitor.look(false), 0);
+        assert_eq!(monitor.look(true), 1, "pass() looks at all");
     }
 }
