@@ -5,9 +5,9 @@
 //!
 //! Queries need not arrive for a failover to be seen: when the view
 //! changes, the definitions that read the changed services are resolved
-//! again, and all of them at least every second (for `failback_after`
-//! holds and data ages that move with the clock) and after any change
-//! that is not one service's.
+//! again; every second, those whose answer can move with the clock alone
+//! (a `failback_after` hold, stale data that ages); and all of them after
+//! any change that is not one service's, and every [`FULL`] besides.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
@@ -27,8 +27,11 @@ use crate::resolve::{Outcome, Resolver};
 /// Events kept for a subscriber that reads slowly; one further behind
 /// is told how many it missed.
 const BACKLOG: usize = 256;
-/// The longest the monitor waits without a view change.
+/// The longest the monitor waits without a view change, and how often
+/// the queries whose answers move with the clock are resolved again.
 const TICK: Duration = Duration::from_secs(1);
+/// How often every query is resolved again, changes or not.
+const FULL: Duration = Duration::from_secs(30);
 /// The shortest time between two passes, so a burst of updates costs
 /// one pass.
 const SETTLE: Duration = Duration::from_millis(10);
@@ -99,13 +102,27 @@ struct Followed {
     /// Queries whose resolution read something not kept per service (a
     /// node): resolved again on every change.
     broad: Vec<usize>,
+    /// Queries whose last answer can move with the clock alone (a
+    /// `failback_after` hold, stale data that ages): resolved again
+    /// every [`TICK`].
+    timed: Vec<usize>,
     /// When all were last resolved.
     full_at: Option<Instant>,
+    /// When the timed ones were last resolved.
+    timed_at: Option<Instant>,
 }
 
 impl Followed {
-    /// Notes what query `at`'s resolution read.
-    fn note(&mut self, at: usize, read: Read) {
+    /// Notes what query `at`'s resolution read, and whether its answer
+    /// can move with the clock.
+    fn note(&mut self, at: usize, read: Read, timed: bool) {
+        match self.timed.binary_search(&at) {
+            Ok(i) if !timed => {
+                self.timed.remove(i);
+            }
+            Err(i) if timed => self.timed.insert(i, at),
+            _ => {}
+        }
         for service in read.services {
             let readers = self.readers.entry(service).or_default();
             if !readers.contains(&at) {
@@ -117,12 +134,15 @@ impl Followed {
         }
     }
 
-    /// The queries a change of `services` can move, each once.
-    fn due<'a>(&self, services: impl Iterator<Item = &'a String>) -> Vec<usize> {
+    /// The queries a change of `services` can move, and the timed ones
+    /// when `tick`, each once.
+    fn due<'a>(&self, services: impl Iterator<Item = &'a String>, tick: bool) -> Vec<usize> {
+        let timed: &[usize] = if tick { &self.timed } else { &[] };
         let mut due: Vec<usize> = services
             .filter_map(|service| self.readers.get(service))
             .flatten()
             .chain(&self.broad)
+            .chain(timed)
             .copied()
             .collect();
         due.sort_unstable();
@@ -136,6 +156,8 @@ impl Followed {
 struct Read {
     services: Vec<String>,
     broad: bool,
+    /// Stale data: it becomes unusable with time.
+    stale: bool,
 }
 
 /// The view, noting what a resolution reads from it.
@@ -175,7 +197,11 @@ impl HealthLookup for Reading<'_> {
     }
     fn freshness(&self, datacenter: &str, service: &str) -> Freshness {
         self.service_read(service);
-        self.view.freshness(datacenter, service)
+        let freshness = self.view.freshness(datacenter, service);
+        if freshness == Freshness::Stale {
+            self.read.borrow_mut().stale = true;
+        }
+        freshness
     }
     fn reachable(&self, datacenter: &str) -> bool {
         self.view.reachable(datacenter)
@@ -287,10 +313,11 @@ impl Monitor {
     }
 
     /// Looks once: the followed queries that the view's changes since the
-    /// last look can move (all of them when `all` is set, after a change
-    /// that is not one service's, with a new resolver, or when the last
-    /// full look is a [`TICK`] old), and every datacenter. Returns how
-    /// many queries it resolved.
+    /// last look can move, and those the clock can move when the last
+    /// such look is a [`TICK`] old (all of them when `all` is set, after a
+    /// change that is not one service's, with a new resolver, or when the
+    /// last full look is a [`FULL`] old), and every datacenter. Returns
+    /// how many queries it resolved.
     fn look(&self, all: bool) -> usize {
         let local = self.view.local_datacenter();
         if local.is_empty() {
@@ -311,7 +338,7 @@ impl Monitor {
                 .resolver
                 .as_ref()
                 .is_some_and(|r| Arc::ptr_eq(r, &resolver))
-            || seen.followed.full_at.is_none_or(|at| at.elapsed() >= TICK);
+            || seen.followed.full_at.is_none_or(|at| at.elapsed() >= FULL);
         let due = if full {
             // Sorted by label: a lookup is a binary search (a scan made a
             // pass quadratic in the number of queries).
@@ -326,11 +353,17 @@ impl Monitor {
                 queries: followed,
                 readers: HashMap::new(),
                 broad: Vec::new(),
+                timed: Vec::new(),
                 full_at: Some(Instant::now()),
+                timed_at: Some(Instant::now()),
             };
             (0..seen.followed.queries.len()).collect()
         } else {
-            seen.followed.due(changes.services.iter())
+            let tick = seen.followed.timed_at.is_none_or(|at| at.elapsed() >= TICK);
+            if tick {
+                seen.followed.timed_at = Some(Instant::now());
+            }
+            seen.followed.due(changes.services.iter(), tick)
         };
         let resolved = due.len();
         for at in due {
@@ -345,7 +378,9 @@ impl Monitor {
             };
             let (outcome, trace) =
                 crate::dns::resolve_traced(&resolver, &reading, name, RecordType::A);
-            seen.followed.note(at, reading.read.into_inner());
+            let read = reading.read.into_inner();
+            let timed = read.stale || trace.reason == "failback_held";
+            seen.followed.note(at, read, timed);
             if matches!(outcome, Outcome::Pending(_)) {
                 // Not synced yet: nothing to say.
                 continue;
@@ -411,11 +446,16 @@ mod tests {
     /// Queries q0..q{n-1}, each on its own service, failing over dc1 →
     /// dc2, every instance passing.
     fn monitor(queries: usize) -> Monitor {
+        monitor_with(queries, "")
+    }
+
+    /// As [`monitor`], with `extra` lines in each query.
+    fn monitor_with(queries: usize, extra: &str) -> Monitor {
         let toml: String = (0..queries)
             .map(|q| {
                 format!(
                     "[[query]]\nname = \"q{q}\"\nservice = \"svc{q}\"\n\
-                     failover = {{ datacenters = [\"dc2\"] }}\n"
+                     failover = {{ datacenters = [\"dc2\"] }}\n{extra}\n"
                 )
             })
             .collect();
@@ -514,7 +554,7 @@ mod tests {
     }
 
     #[test]
-    fn every_query_is_resolved_again_after_a_broad_change_a_reload_or_a_tick() {
+    fn every_query_is_resolved_again_after_a_broad_change_a_reload_or_a_full_interval() {
         let monitor = monitor(20);
         assert_eq!(monitor.look(false), 20);
 
@@ -535,9 +575,67 @@ mod tests {
 
         assert_eq!(monitor.look(false), 0);
         monitor.events.seen.lock().expect("lock").followed.full_at =
-            Instant::now().checked_sub(TICK);
-        assert_eq!(monitor.look(false), 1, "a tick old: all (one here)");
+            Instant::now().checked_sub(FULL);
+        assert_eq!(monitor.look(false), 1, "a full look is due: all (one here)");
         assert_eq!(monitor.look(false), 0);
         assert_eq!(monitor.look(true), 1, "pass() looks at all");
+    }
+
+    /// Makes the next look a tick after the last timed one.
+    fn tick(monitor: &Monitor) {
+        monitor.events.seen.lock().expect("lock").followed.timed_at =
+            Instant::now().checked_sub(TICK);
+    }
+
+    #[test]
+    fn answers_on_stale_data_are_looked_at_every_tick() {
+        let monitor = monitor(5);
+        assert_eq!(monitor.look(false), 5);
+        tick(&monitor);
+        assert_eq!(monitor.look(false), 0, "nothing can move with the clock");
+
+        // svc2's watch in dc1 fails: its data is stale, and ages.
+        monitor
+            .view
+            .set_failing(&ServiceKey::new("dc1", "svc2"), true);
+        assert_eq!(monitor.look(false), 1);
+        assert_eq!(monitor.look(false), 0, "not a tick yet");
+        tick(&monitor);
+        assert_eq!(monitor.look(false), 1, "q2 only");
+
+        monitor
+            .view
+            .set_failing(&ServiceKey::new("dc1", "svc2"), false);
+        assert_eq!(monitor.look(false), 1);
+        tick(&monitor);
+        assert_eq!(monitor.look(false), 0, "fresh again");
+    }
+
+    #[test]
+    fn a_failback_hold_is_looked_at_every_tick() {
+        let monitor = monitor_with(3, "failback_after = \"1h\"");
+        let (_, mut events) = monitor.events.subscribe();
+        assert_eq!(monitor.look(false), 3);
+        monitor.view.apply_service(
+            &ServiceKey::new("dc1", "svc1"),
+            health(CheckStatus::Critical),
+        );
+        assert_eq!(monitor.look(false), 1);
+        assert_eq!(
+            moves(&mut events),
+            [("q1".to_owned(), Some("dc2".to_owned()))]
+        );
+        tick(&monitor);
+        assert_eq!(monitor.look(false), 0, "failed over, nothing held");
+
+        // dc1 is healthy again: answers stay on dc2 for the hold.
+        monitor.view.apply_service(
+            &ServiceKey::new("dc1", "svc1"),
+            health(CheckStatus::Passing),
+        );
+        assert_eq!(monitor.look(false), 1);
+        assert!(moves(&mut events).is_empty(), "held on dc2");
+        tick(&monitor);
+        assert_eq!(monitor.look(false), 1, "the hold ends with the clock");
     }
 }
