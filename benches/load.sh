@@ -281,28 +281,30 @@ wait_for 15 "$knot_pid" knotd knot_soa
 
 #------------ dnsperf ---------------------------------------------------------
 
-ticks() { # utime + stime of process $1, in clock ticks
+stat_ticks() { # utime + stime in the stat file $1, in clock ticks
   local stat
-  stat=$(<"/proc/$1/stat")
+  stat=$(<"$1") || return 1
   stat=${stat##*) }
   set -- $stat
   echo $((${12} + ${13}))
 }
 
+ticks() { # utime + stime of process $1, in clock ticks
+  stat_ticks "/proc/$1/stat"
+}
+
 threads() { # per thread of process $1: "tid ticks" (utime + stime)
-  local task stat
+  local task ticks
   for task in /proc/"$1"/task/*; do
-    stat=$(<"$task/stat") || continue
-    stat=${stat##*) }
-    set -- $stat
-    echo "${task##*/} $((${12} + ${13}))"
+    ticks=$(stat_ticks "$task/stat") || continue
+    echo "${task##*/} $ticks"
   done
 }
 
 # busiest BEFORE AFTER: the share (%) of the process's CPU between two
 # `threads` listings taken by its busiest thread (SO_REUSEPORT spreads
-# dnsperf's four sockets over a server's UDP threads by a hash of their
-# ports, so how a run's load splits between threads changes run to run).
+# dnsperf's sockets over a server's UDP threads by a hash of their ports,
+# so with few sockets how a run's load splits changes run to run).
 busiest() {
   awk 'NR == FNR { before[$1] = $2; next }
     { d = $2 - before[$1]; total += d; if (d > top) top = d }

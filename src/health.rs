@@ -441,23 +441,30 @@ impl HealthView {
     /// Records a change that may alter any answer: cached answers go,
     /// waiting queries look again.
     fn bump(&self) {
-        {
-            let mut changes = self.lock_changes();
-            changes.all = true;
-            changes.services.clear();
-        }
-        self.generation.fetch_add(1, Ordering::Release);
-        self.changed.notify_waiters();
+        self.record(None);
     }
 
     /// Records a change of one service's data in one datacenter: as
     /// [`bump`](Self::bump), but [`take_changes`](Self::take_changes)
     /// names the service instead of saying everything changed.
     fn bump_service(&self, key: &ServiceKey) {
+        self.record(Some(&key.service));
+    }
+
+    /// Notes a change of `service` (`None`: of anything), moves the
+    /// generation and wakes the waiters.
+    fn record(&self, service: Option<&String>) {
         {
             let mut changes = self.lock_changes();
-            if !changes.all && !changes.services.contains(&key.service) {
-                changes.services.insert(key.service.clone());
+            match service {
+                None => {
+                    changes.all = true;
+                    changes.services.clear();
+                }
+                Some(service) if !changes.all && !changes.services.contains(service) => {
+                    changes.services.insert(service.clone());
+                }
+                Some(_) => {}
             }
         }
         self.generation.fetch_add(1, Ordering::Release);

@@ -307,11 +307,6 @@ impl Monitor {
         }
     }
 
-    /// Looks once: every followed query, every datacenter.
-    pub fn pass(&self) {
-        self.look(true);
-    }
-
     /// Looks once: the followed queries that the view's changes since the
     /// last look can move, and those the clock can move when the last
     /// such look is a [`TICK`] old (all of them when `all` is set, after a
@@ -348,14 +343,13 @@ impl Monitor {
                     .binary_search_by(|(label, _)| label.as_str().cmp(query))
                     .is_ok()
             });
+            let now = Some(Instant::now());
             seen.followed = Followed {
                 resolver: Some(Arc::clone(&resolver)),
                 queries: followed,
-                readers: HashMap::new(),
-                broad: Vec::new(),
-                timed: Vec::new(),
-                full_at: Some(Instant::now()),
-                timed_at: Some(Instant::now()),
+                full_at: now,
+                timed_at: now,
+                ..Followed::default()
             };
             (0..seen.followed.queries.len()).collect()
         } else {
@@ -578,7 +572,7 @@ mod tests {
             Instant::now().checked_sub(FULL);
         assert_eq!(monitor.look(false), 1, "a full look is due: all (one here)");
         assert_eq!(monitor.look(false), 0);
-        assert_eq!(monitor.look(true), 1, "pass() looks at all");
+        assert_eq!(monitor.look(true), 1, "looking at all resolves all");
     }
 
     /// Makes the next look a tick after the last timed one.
