@@ -307,6 +307,82 @@ pub trait HealthLookup {
     fn reachable(&self, datacenter: &str) -> bool;
 }
 
+/// What an answer read from the view ([`Recording`]).
+#[derive(Debug, Default)]
+pub(crate) struct Read {
+    /// The pairs read, each once.
+    pub(crate) services: Vec<ServiceKey>,
+    /// Whether it read a node, which a change of any service on it moves.
+    pub(crate) node: bool,
+    /// Whether any data read was stale (it ages into unusable).
+    pub(crate) stale: bool,
+}
+
+/// The view, noting what is read from it: the fast path keeps an answer
+/// with the pairs it read, and the failover monitor resolves a query
+/// again when what it read changes.
+pub(crate) struct Recording<'a> {
+    view: &'a HealthView,
+    read: std::cell::RefCell<Read>,
+}
+
+impl<'a> Recording<'a> {
+    pub(crate) fn new(view: &'a HealthView) -> Self {
+        Self {
+            view,
+            read: Default::default(),
+        }
+    }
+
+    /// What was read.
+    pub(crate) fn into_read(self) -> Read {
+        self.read.into_inner()
+    }
+
+    fn service_read(&self, datacenter: &str, service: &str) {
+        let mut read = self.read.borrow_mut();
+        if !read
+            .services
+            .iter()
+            .any(|key| key.datacenter == datacenter && key.service == service)
+        {
+            read.services.push(ServiceKey::new(datacenter, service));
+        }
+    }
+}
+
+impl HealthLookup for Recording<'_> {
+    fn local_datacenter(&self) -> Arc<String> {
+        self.view.local_datacenter()
+    }
+    fn datacenters(&self) -> Arc<Vec<String>> {
+        self.view.datacenters()
+    }
+    fn service(&self, datacenter: &str, service: &str) -> Data<Arc<ServiceHealth>> {
+        self.service_read(datacenter, service);
+        self.view.service(datacenter, service)
+    }
+    fn catalog(&self, datacenter: &str) -> Data<Arc<Catalog>> {
+        // A catalog's change is a change of everything.
+        self.view.catalog(datacenter)
+    }
+    fn node(&self, datacenter: &str, node: &str) -> Option<Arc<NodeInfo>> {
+        self.read.borrow_mut().node = true;
+        self.view.node(datacenter, node)
+    }
+    fn freshness(&self, datacenter: &str, service: &str) -> Freshness {
+        self.service_read(datacenter, service);
+        let freshness = self.view.freshness(datacenter, service);
+        if freshness == Freshness::Stale {
+            self.read.borrow_mut().stale = true;
+        }
+        freshness
+    }
+    fn reachable(&self, datacenter: &str) -> bool {
+        self.view.reachable(datacenter)
+    }
+}
+
 /// A (datacenter, service) pair.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ServiceKey {

@@ -9,7 +9,6 @@
 //! (a `failback_after` hold, stale data that ages); and all of them after
 //! any change that is not one service's, and every [`FULL`] besides.
 
-use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
@@ -20,7 +19,7 @@ use serde::Serialize;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use crate::health::{Catalog, Data, Freshness, HealthLookup, HealthView, NodeInfo, ServiceHealth};
+use crate::health::{HealthLookup, HealthView, Read, Recording};
 use crate::metrics::Metrics;
 use crate::resolve::{Outcome, Resolver};
 
@@ -123,13 +122,14 @@ impl Followed {
             Err(i) if timed => self.timed.insert(i, at),
             _ => {}
         }
-        for service in read.services {
-            let readers = self.readers.entry(service).or_default();
+        for key in read.services {
+            let readers = self.readers.entry(key.service).or_default();
             if !readers.contains(&at) {
                 readers.push(at);
             }
         }
-        if read.broad && !self.broad.contains(&at) {
+        // Nodes change with any service that runs on them.
+        if read.node && !self.broad.contains(&at) {
             self.broad.push(at);
         }
     }
@@ -148,63 +148,6 @@ impl Followed {
         due.sort_unstable();
         due.dedup();
         due
-    }
-}
-
-/// What one resolution read from the view.
-#[derive(Debug, Default)]
-struct Read {
-    services: Vec<String>,
-    broad: bool,
-    /// Stale data: it becomes unusable with time.
-    stale: bool,
-}
-
-/// The view, noting what a resolution reads from it.
-struct Reading<'a> {
-    view: &'a HealthView,
-    read: RefCell<Read>,
-}
-
-impl Reading<'_> {
-    fn service_read(&self, service: &str) {
-        let mut read = self.read.borrow_mut();
-        if !read.services.iter().any(|s| s == service) {
-            read.services.push(service.to_owned());
-        }
-    }
-}
-
-impl HealthLookup for Reading<'_> {
-    fn local_datacenter(&self) -> Arc<String> {
-        self.view.local_datacenter()
-    }
-    fn datacenters(&self) -> Arc<Vec<String>> {
-        self.view.datacenters()
-    }
-    fn service(&self, datacenter: &str, service: &str) -> Data<Arc<ServiceHealth>> {
-        self.service_read(service);
-        self.view.service(datacenter, service)
-    }
-    fn catalog(&self, datacenter: &str) -> Data<Arc<Catalog>> {
-        // A catalog's change is a change of everything.
-        self.view.catalog(datacenter)
-    }
-    fn node(&self, datacenter: &str, node: &str) -> Option<Arc<NodeInfo>> {
-        // Nodes change with any service that runs on them.
-        self.read.borrow_mut().broad = true;
-        self.view.node(datacenter, node)
-    }
-    fn freshness(&self, datacenter: &str, service: &str) -> Freshness {
-        self.service_read(service);
-        let freshness = self.view.freshness(datacenter, service);
-        if freshness == Freshness::Stale {
-            self.read.borrow_mut().stale = true;
-        }
-        freshness
-    }
-    fn reachable(&self, datacenter: &str) -> bool {
-        self.view.reachable(datacenter)
     }
 }
 
@@ -366,13 +309,10 @@ impl Monitor {
                 continue;
             };
             let label = label.clone();
-            let reading = Reading {
-                view: &self.view,
-                read: RefCell::default(),
-            };
+            let reading = Recording::new(&self.view);
             let (outcome, trace) =
                 crate::dns::resolve_traced(&resolver, &reading, name, RecordType::A);
-            let read = reading.read.into_inner();
+            let read = reading.into_read();
             let timed = read.stale || trace.reason == "failback_held";
             seen.followed.note(at, read, timed);
             if matches!(outcome, Outcome::Pending(_)) {

@@ -13,8 +13,6 @@
 //! upstream. Only answers that depend on the view alone are kept (not
 //! stale ones, not those held by `failback_after`, no errors).
 
-use std::cell::RefCell;
-use std::collections::HashSet;
 use std::io::{IoSlice, IoSliceMut};
 use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
 use std::os::fd::AsRawFd;
@@ -32,10 +30,7 @@ use socket2::{Domain, Socket, Type};
 
 use super::ratelimit::{self, Limiter, Verdict};
 use super::{DnsHandler, Writer, encode, unix_seconds};
-use crate::health::{
-    Catalog, Data, Freshness, HealthLookup, HealthView, NodeInfo, ServiceHealth, ServiceKey,
-    SlotUse,
-};
+use crate::health::{HealthView, Recording, SlotUse};
 use crate::resolve::Answer;
 
 /// Datagrams per system call.
@@ -477,39 +472,6 @@ impl Cache {
     }
 }
 
-/// The health view, noting which pairs an answer reads.
-struct Recorder<'a> {
-    view: &'a HealthView,
-    read: RefCell<Vec<ServiceKey>>,
-}
-
-impl HealthLookup for Recorder<'_> {
-    fn local_datacenter(&self) -> Arc<String> {
-        self.view.local_datacenter()
-    }
-    fn datacenters(&self) -> Arc<Vec<String>> {
-        self.view.datacenters()
-    }
-    fn service(&self, datacenter: &str, service: &str) -> Data<Arc<ServiceHealth>> {
-        self.read
-            .borrow_mut()
-            .push(ServiceKey::new(datacenter, service));
-        self.view.service(datacenter, service)
-    }
-    fn catalog(&self, datacenter: &str) -> Data<Arc<Catalog>> {
-        self.view.catalog(datacenter)
-    }
-    fn node(&self, datacenter: &str, node: &str) -> Option<Arc<NodeInfo>> {
-        self.view.node(datacenter, node)
-    }
-    fn freshness(&self, datacenter: &str, service: &str) -> Freshness {
-        self.view.freshness(datacenter, service)
-    }
-    fn reachable(&self, datacenter: &str) -> bool {
-        self.view.reachable(datacenter)
-    }
-}
-
 impl DnsHandler {
     /// Answers a datagram not in the cache, as hickory-server would: too
     /// short is dropped, undecodable gets FORMERR without a question, a
@@ -524,10 +486,7 @@ impl DnsHandler {
         if request.metadata.message_type == hickory_proto::op::MessageType::Response {
             return Immediate::Drop;
         }
-        let recorder = Recorder {
-            view: &self.view,
-            read: RefCell::new(Vec::new()),
-        };
+        let recorder = Recording::new(&self.view);
         let Some((prepared, answer)) = self.prepare_now(&request, &recorder) else {
             return Immediate::Later(Box::new(request));
         };
@@ -543,13 +502,11 @@ impl DnsHandler {
                     let prepared = self.finish(&request, &settings, rotated.into(), Writer::Ours);
                     variants.push(variant(&encode(&request, &prepared), &answer));
                 }
-                let mut seen = HashSet::new();
                 let uses = recorder
-                    .read
-                    .into_inner()
-                    .into_iter()
-                    .filter(|key| seen.insert(key.clone()))
-                    .filter_map(|key| self.view.slot_use(&key))
+                    .into_read()
+                    .services
+                    .iter()
+                    .filter_map(|key| self.view.slot_use(key))
                     .collect();
                 Some(Entry {
                     variants: variants.into(),
