@@ -24,7 +24,7 @@ use hickory_proto::rr::{RData, Record, RecordType};
 use hickory_server::net::xfer::Protocol;
 use hickory_server::server::Request;
 use nix::errno::Errno;
-use nix::sys::socket::{ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage};
+use nix::sys::socket::{ControlMessage, MsgFlags, MultiHeaders, Shutdown, SockaddrStorage};
 use rustc_hash::FxHashMap;
 use socket2::{Domain, Socket, Type};
 
@@ -46,8 +46,6 @@ const SEGMENT: usize = 2048;
 const ROTATIONS: usize = 8;
 /// The receive buffer asked for each socket.
 const RECEIVE_BUFFER: usize = 4 << 20;
-/// How often a blocked thread wakes to see whether it must stop.
-const WAKE: Duration = Duration::from_millis(200);
 
 /// Binds `count` UDP sockets sharing `address` with SO_REUSEPORT (port 0:
 /// a free port). Returns them and the address bound.
@@ -69,17 +67,20 @@ pub(crate) fn bind(
         socket.set_reuse_port(true)?;
         // Best effort: the kernel caps it at net.core.rmem_max.
         let _ = socket.set_recv_buffer_size(RECEIVE_BUFFER);
-        socket.set_read_timeout(Some(WAKE))?;
+        // No receive timeout: a thread blocks until a datagram comes or
+        // [`FastPath::stop`] shuts the socket's receive side down. (A
+        // timeout would arm and cancel a kernel timer on every sleep.)
         socket.bind(&bound.into())?;
         sockets.push(socket.into());
     }
     Ok((sockets, bound))
 }
 
-/// The running fast-path threads; dropping it stops them (each within
-/// [`WAKE`]).
+/// The running fast-path threads; dropping it stops them.
 pub(crate) struct FastPath {
     stop: Arc<AtomicBool>,
+    /// The threads' sockets, to wake them when stopping.
+    sockets: Vec<Arc<UdpSocket>>,
 }
 
 impl FastPath {
@@ -91,10 +92,11 @@ impl FastPath {
         runtime: &tokio::runtime::Handle,
     ) -> std::io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
-        for (n, socket) in sockets.into_iter().enumerate() {
+        let sockets: Vec<Arc<UdpSocket>> = sockets.into_iter().map(Arc::new).collect();
+        for (n, socket) in sockets.iter().enumerate() {
             let worker = Worker {
                 handler: Arc::clone(handler),
-                socket: Arc::new(socket),
+                socket: Arc::clone(socket),
                 runtime: runtime.clone(),
                 stop: Arc::clone(&stop),
             };
@@ -102,19 +104,26 @@ impl FastPath {
                 .name(format!("dns-udp-{n}"))
                 .spawn(move || worker.run())?;
         }
-        Ok(Self { stop })
+        Ok(Self { stop, sockets })
     }
 
-    /// Tells the threads to stop; each does within [`WAKE`], closing its
-    /// socket. Not waited for, so shutdown stays prompt.
+    /// Tells the threads to stop and wakes them; each finishes the batch
+    /// in hand and closes its socket. Not waited for, so shutdown stays
+    /// prompt.
     pub(crate) fn stop(self) {
-        self.stop.store(true, Ordering::Relaxed);
+        drop(self);
     }
 }
 
 impl Drop for FastPath {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        for socket in &self.sockets {
+            // Wakes a thread blocked in recvmmsg, and makes every later
+            // receive return at once. On an unconnected UDP socket Linux
+            // does this and then reports ENOTCONN, which is expected.
+            let _ = nix::sys::socket::shutdown(socket.as_raw_fd(), Shutdown::Read);
+        }
     }
 }
 

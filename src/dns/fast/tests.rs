@@ -581,3 +581,35 @@ fn a_port_held_by_another_socket_is_an_error_not_shared() {
             .all(|s| s.local_addr().unwrap() == bound && bound.port() != 0)
     );
 }
+
+/// The threads block in `recvmmsg` with no timeout: stopping must wake
+/// them, so they close their sockets and the port is free again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_wakes_blocked_threads_and_frees_the_port() {
+    let view = view();
+    let mut fast = start(&view, UdpMode::Fast(2), Metrics::new()).await;
+    let address = fast.bound[0];
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let web = query("web.query.consul.", RecordType::A, DNSClass::IN, None)
+        .to_vec()
+        .unwrap();
+    assert!(exchange(&socket, address, &web).await.is_some());
+    // Both threads are blocked now, waiting for the next datagram.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    fast.stop_fast_path();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        // A plain bind fails while any fast-path socket holds the port.
+        match std::net::UdpSocket::bind(address) {
+            Ok(_) => break,
+            Err(error) => {
+                assert_eq!(error.kind(), std::io::ErrorKind::AddrInUse);
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the fast-path threads still hold {address} 5 s after stop"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
