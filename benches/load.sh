@@ -8,20 +8,23 @@
 # Starts consul-sim (dc1 and dc2, each with SERVICES services × 3
 # instances, all passing), the resolver (`queries.implicit`, log level
 # warn; its UDP fast path), a second resolver with `dns.udp_fast_path =
-# false` (hickory-server's UDP loop, shown as "hickory") and knotd with a `consul.` zone holding exactly what the resolver
-# answers for the benchmark names (read back from it with `dig`). Then,
-# per rate, runs dnsperf against the resolver and Knot (taking turns to go
-# first, round by round), then the hickory path, pausing after each run, at
+# false` (hickory-server's UDP loop, shown as "hickory"), knotd with a
+# `consul.` zone holding exactly what the resolver answers for the
+# benchmark names (read back from it with `dig`), and the I/O floor
+# (examples/udp-floor.rs: the fast path's system calls, no DNS work; every
+# answer NXDOMAIN). Then, per rate, runs dnsperf against the resolver and
+# Knot (taking turns to go first, round by round), then the floor and the
+# hickory path, pausing after each run, at
 # a ladder of fixed rates (-Q) and at saturation (no -Q), and prints per
 # server and rate: qps achieved, loss %, server CPU µs per answered query
 # (utime+stime from /proc/PID/stat) and dnsperf's mean latency; per round,
 # the CPU figure and the busiest server thread's share of the CPU; then the
-# resolver/Knot ratios.
+# resolver/Knot, floor/Knot and hickory/Knot ratios.
 # dnsperf runs on the same cores as the servers. Loopback only; every
 # child is killed on exit.
 #
 # Environment: LOAD_NET (default 127.0.231: the resolver and consul-sim
-# listen on .1, Knot on .2, the hickory-path resolver on .3), LOAD_RATES (the fixed-rate ladder),
+# listen on .1, Knot on .2, the hickory-path resolver on .3, the floor on .4), LOAD_RATES (the fixed-rate ladder),
 # LOAD_SECONDS / LOAD_SAT_SECONDS (dnsperf -l), LOAD_REPEAT (rounds of
 # the whole ladder, pooled: default 3, 1 in --smoke), LOAD_SETTLE (seconds
 # of pause after each dnsperf run: default 1, 0 in --smoke), SERVICES,
@@ -82,13 +85,14 @@ resolver_dns=$net.1:8600 admin=$net.1:8653
 hickory_dns=$net.3:8600 hickory_admin=$net.3:8653
 dc1=$net.1:8500 dc2=$net.1:8501
 knot_ip=$net.2 knot_port=8600
+floor_dns=$net.4:8600
 
 bin=target/$profile
 if [ -z "${LOAD_NO_BUILD:-}" ]; then
   if [ "$profile" = release ]; then
-    cargo build --release --bins -p consul-failover-dns -p consul-sim
+    cargo build --release --bins -p consul-failover-dns -p consul-sim --example udp-floor
   else
-    cargo build --bins -p consul-failover-dns -p consul-sim
+    cargo build --bins -p consul-failover-dns -p consul-sim --example udp-floor
   fi
 fi
 
@@ -279,6 +283,19 @@ knot_soa() {
 }
 wait_for 15 "$knot_pid" knotd knot_soa
 
+#------------ the I/O floor ---------------------------------------------------
+
+# Its responses are padded to 120 bytes, the mean size of the resolver's
+# and Knot's for these names (the report's "resp B" shows all of them).
+"$bin/examples/udp-floor" "$floor_dns" 120 >"$work/floor.log" 2>&1 &
+floor_pid=$!
+pids+=("$floor_pid")
+floor_up() {
+  timeout 5 "$dig" "@${floor_dns%:*}" -p "${floor_dns#*:}" +time=1 +tries=1 +noall +comments \
+    consul. SOA | grep -q 'status: NXDOMAIN'
+}
+wait_for 15 "$floor_pid" "the I/O floor" floor_up
+
 #------------ dnsperf ---------------------------------------------------------
 
 stat_ticks() { # utime + stime in the stat file $1, in clock ticks
@@ -320,6 +337,8 @@ run() {
     ip=${resolver_dns%:*} port=${resolver_dns#*:} pid=$resolver_pid
   elif [ "$server" = hickory ]; then
     ip=${hickory_dns%:*} port=${hickory_dns#*:} pid=$hickory_pid
+  elif [ "$server" = floor ]; then
+    ip=${floor_dns%:*} port=${floor_dns#*:} pid=$floor_pid
   else
     ip=$knot_ip port=$knot_port pid=$knot_pid
   fi
@@ -338,8 +357,8 @@ run() {
   completed=$(awk '/Queries completed:/ {print $3}' <<<"$out")
   lost=$(awk '/Queries lost:/ {print $3}' <<<"$out")
   qps=$(awk '/Queries per second:/ {print $4}' <<<"$out")
-  noerror=$(grep -o 'NOERROR [0-9]*' <<<"$out" | awk '{print $2}')
-  nxdomain=$(grep -o 'NXDOMAIN [0-9]*' <<<"$out" | awk '{print $2}')
+  noerror=$(awk '{ for (i = 1; i < NF; i++) if ($i == "NOERROR") print $(i + 1) }' <<<"$out")
+  nxdomain=$(awk '{ for (i = 1; i < NF; i++) if ($i == "NXDOMAIN") print $(i + 1) }' <<<"$out")
   size=$(grep -o 'response [0-9]*' <<<"$out" | awk '{print $2}')
   latency=$(awk '/Average Latency/ {printf "%.0f", $4 * 1e6}' <<<"$out")
   [ -n "$sent" ] && [ -n "$completed" ] && [ -n "$qps" ] \
@@ -355,15 +374,15 @@ run() {
 echo
 echo "load benchmark: $services services × 3 instances in dc1 and dc2; $total_names names" \
   "($positive_names answered, $((total_names - positive_names)) NXDOMAIN);" \
-  "Knot udp-workers $knot_workers; $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//');" \
+  "Knot udp-workers $knot_workers; $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), kernel $(uname -r);" \
   "$profile binaries; dnsperf -c $clients -T 1 -q 200 on the same cores; $repeat round(s) pooled;" \
   "resolver and Knot take turns going first; ${settle} s pause after each run"
 : >"$work/rows.txt"
 started=$SECONDS
-# The resolver and Knot take turns going first, round by round; the
-# hickory path, far the costliest, comes last.
+# The resolver and Knot take turns going first, round by round; then the
+# floor, and the hickory path, far the costliest, last.
 for ((round = 1; round <= repeat; round++)); do
-  if ((round % 2)); then order="resolver knot hickory"; else order="knot resolver hickory"; fi
+  if ((round % 2)); then order="resolver knot floor hickory"; else order="knot resolver floor hickory"; fi
   for rate in $rates max; do
     secs=$seconds
     [ "$rate" != max ] || secs=$sat_seconds
@@ -396,17 +415,17 @@ awk -v tck="$clk_tck" -v smoke="$smoke" '
       if (part[2] != "max" && lost[key] == 0 && achieved[key] > best[part[1]]) best[part[1]] = achieved[key]
     }
     printf "\n%-9s %8s %10s %8s %8s %7s %8s %7s %7s\n", "server", "rate", "qps", "loss %", "NXDOM %", "resp B", "CPU s/run", "µs/ans", "lat µs"
-    split("resolver hickory knot", servers, " ")
-    for (i = 1; i <= n; i++) for (s = 1; s <= 3; s++) {
+    split("resolver floor hickory knot", servers, " ")
+    for (i = 1; i <= n; i++) for (s = 1; s <= 4; s++) {
       server = servers[s]; key = server SUBSEP order[i]
       printf "%-9s %8s %10.0f %8.3f %8.1f %7d %8.2f %7.2f %7.0f\n", server, order[i], achieved[key], loss[key], nx[key], size[key], cores[key], us[key], latency[key]
     }
     printf "\nper round: CPU µs per answered query (the busiest thread'"'"'s share of the server'"'"'s CPU)\n"
-    for (i = 1; i <= n; i++) for (s = 1; s <= 3; s++) {
+    for (i = 1; i <= n; i++) for (s = 1; s <= 4; s++) {
       server = servers[s]; key = server SUBSEP order[i]
       printf "  %-9s %8s:%s\n", server, order[i], rounds[key]
     }
-    for (v = 1; v <= 2; v++) {
+    for (v = 1; v <= 3; v++) {
       mine = servers[v]
       printf "\n%s / Knot (same run):\n", mine
       for (i = 1; i <= n; i++) {
@@ -417,11 +436,17 @@ awk -v tck="$clk_tck" -v smoke="$smoke" '
       printf "  qps at saturation:                 %6.0f / %6.0f = %.2f\n", achieved[r], achieved[k], (achieved[k] > 0 ? achieved[r] / achieved[k] : 0)
       printf "  qps at 0%% loss (highest fixed rate with no loss): %.0f / %.0f = %s\n", best[mine], best["knot"], (best["knot"] > 0 ? sprintf("%.2f", best[mine] / best["knot"]) : "n/a")
     }
+    printf "\nresolver / floor (the floor: the same system calls, no DNS work):\n"
+    for (i = 1; i <= n; i++) {
+      r = "resolver" SUBSEP order[i]; f = "floor" SUBSEP order[i]
+      printf "  CPU µs per answered query at %-6s: %6.2f / %6.2f = %.2f\n", order[i], us[r], us[f], (us[f] > 0 ? us[r] / us[f] : 0)
+    }
   }' "$work/rows.txt"
 echo "(dnsperf time $((SECONDS - started)) s; CLK_TCK $clk_tck)"
 
-# Checks: both servers answer ≥ 99 % of the fixed-rate queries, with the
-# same share of NXDOMAIN (the same names, the same answers).
+# Checks: every server answers ≥ 99 % of the fixed-rate queries; the
+# resolver, Knot and the hickory path with the same share of NXDOMAIN
+# (the same names, the same answers; the floor answers NXDOMAIN to all).
 status=0
 while read -r server rate sent completed lost qps ticks noerror nxdomain _; do
   [ "$rate" = max ] && continue
@@ -429,6 +454,7 @@ while read -r server rate sent completed lost qps ticks noerror nxdomain _; do
     echo "benches/load.sh: $server answered $completed of $sent at $rate qps (< 99 %)" >&2
     status=1
   fi
+  [ "$server" = floor ] && continue
   expected_nx=$((total_names - positive_names))
   if ((completed > 0)) && (((nxdomain * total_names - expected_nx * completed) ** 2 > (completed * total_names / 50) ** 2)); then
     echo "benches/load.sh: $server: $nxdomain NXDOMAIN of $completed, expected ~$((100 * expected_nx / total_names)) %" >&2
