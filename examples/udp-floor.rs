@@ -12,10 +12,12 @@
 //! bytes long, so the floor sends as many bytes as the server it stands
 //! beside (RFC 6891 has a server answer a query without OPT with none;
 //! dnsperf does not mind, and this is a benchmark's responder, not a
-//! server). No parsing, no cache, no allocation per datagram. What it costs per
-//! answered query in the same run as Knot is about the least any server
-//! answering with these system calls can cost on that machine: a CPU ratio
-//! to Knot below the floor's own cannot come from the server's code.
+//! server). No parsing, no cache, no allocation per datagram.
+//!
+//! What it costs per answered query in the same run as Knot is about the
+//! least any server answering with these system calls can cost on that
+//! machine: a CPU ratio to Knot below the floor's own cannot come from the
+//! server's code.
 //!
 //! It is independent of the resolver's code on purpose, so that a change
 //! there cannot move the floor. It answers until killed.
